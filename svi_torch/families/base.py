@@ -1,0 +1,127 @@
+"""The :class:`VariationalFamily` base class: an ``nn.Module`` that returns a distribution.
+
+A family :math:`q_\\phi(z)` lives on the unconstrained space :math:`z \\in \\mathbb{R}^D`.
+Subclasses write one method, :meth:`VariationalFamily.forward`, returning a plain
+``torch.distributions.Distribution`` with event shape ``(D,)``; everything else
+(sampling with log density, moments, entropy, detached log density for
+sticking-the-landing gradients) is derived from it here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+from torch.func import functional_call
+
+__all__ = ["VariationalFamily", "inverse_softplus"]
+
+
+def inverse_softplus(x: Tensor | float) -> Tensor:
+    """Inverse of :math:`\\mathrm{softplus}(u) = \\log(1 + e^u)`: :math:`u = x + \\log(-\\mathrm{expm1}(-x))`."""
+    x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+    if torch.any(x <= 0):
+        raise ValueError(f"inverse_softplus needs positive values, got min {x.min().item()}")
+    return x + torch.log(-torch.expm1(-x))
+
+
+class VariationalFamily(nn.Module, ABC):
+    """Base class of variational families :math:`q_\\phi(z)` over :math:`z \\in \\mathbb{R}^D`.
+
+    Subclasses create their parameters in ``__init__`` (never lazily) and implement
+    :meth:`forward`. Scales are kept positive by a transform such as softplus, never by
+    clamping, so that gradients flow everywhere.
+
+    Args:
+        dim: dimension :math:`D` of the unconstrained latent vector.
+
+    Example:
+        >>> class Diagonal(VariationalFamily):
+        ...     def __init__(self, dim):
+        ...         super().__init__(dim)
+        ...         self.loc = nn.Parameter(torch.zeros(dim))
+        ...     def forward(self, context=None):
+        ...         return torch.distributions.Independent(
+        ...             torch.distributions.Normal(self.loc, 1.0), 1)
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        self.dim = dim
+
+    @abstractmethod
+    def forward(self, context: Tensor | None = None) -> Distribution:
+        """Return :math:`q_\\phi(z \\mid \\text{context})` with event shape ``(dim,)``."""
+
+    # -- derived API ---------------------------------------------------------------
+    def distribution(self, context: Tensor | None = None) -> Distribution:
+        """Alias of ``self(context)`` for readability."""
+        return self(context)
+
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw reparameterized :math:`z \\sim q_\\phi` and return ``(z, log q_phi(z))``.
+
+        ``z`` has shape ``sample_shape + batch_shape + (dim,)``. Override when a fused
+        computation is cheaper (flows compute the log-density while sampling).
+        """
+        dist = self(context)
+        z = dist.rsample(torch.Size(sample_shape))
+        return z, dist.log_prob(z)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """:math:`\\log q_\\phi(z)`."""
+        return self(context).log_prob(z)
+
+    def log_prob_detached(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """:math:`\\log q_{\\bar\\phi}(z)` with the variational parameters detached.
+
+        Used by the sticking-the-landing gradient (Roeder et al. 2017): gradients reach
+        :math:`\\phi` only through the sample ``z``, not through the score term
+        :math:`\\nabla_\\phi \\log q_\\phi(z)`, whose expectation is zero.
+        """
+        detached = {name: p.detach() for name, p in self.named_parameters()}
+        return functional_call(self, detached, (context,)).log_prob(z)
+
+    def sample(self, num_samples: int, context: Tensor | None = None) -> Tensor:
+        """Draw ``num_samples`` samples without gradients."""
+        with torch.no_grad():
+            return self(context).sample((num_samples,))
+
+    @property
+    def has_analytic_entropy(self) -> bool:
+        """Whether ``self().entropy()`` has a closed form."""
+        try:
+            with torch.no_grad():
+                self.entropy()
+        except NotImplementedError:
+            return False
+        return True
+
+    def entropy(self, context: Tensor | None = None) -> Tensor:
+        """Analytic entropy :math:`H[q] = -\\mathbb{E}_q[\\log q(z)]`; raises if none exists."""
+        return self(context).entropy()
+
+    def mean(self, context: Tensor | None = None, num_samples: int = 4096) -> Tensor:
+        """:math:`\\mathbb{E}_q[z]`: analytic where the distribution has it, else Monte Carlo."""
+        dist = self(context)
+        try:
+            return dist.mean
+        except NotImplementedError:
+            return self.sample(num_samples, context).mean(0)
+
+    def variance(self, context: Tensor | None = None, num_samples: int = 4096) -> Tensor:
+        """Marginal variances :math:`\\mathrm{Var}_q[z_d]`: analytic or Monte Carlo."""
+        dist = self(context)
+        try:
+            return dist.variance
+        except NotImplementedError:
+            return self.sample(num_samples, context).var(0)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"

@@ -1,0 +1,210 @@
+"""Gaussian variational families: mean-field, full-rank (Cholesky) and low-rank plus diagonal.
+
+All three parameterise a Gaussian :math:`q(z) = \\mathcal{N}(\\mu, \\Sigma)` on
+:math:`\\mathbb{R}^D` and keep every scale positive through softplus:
+
+* :class:`MeanFieldGaussian`: :math:`\\Sigma = \\mathrm{diag}(\\sigma^2)`, :math:`2D` parameters.
+* :class:`FullRankGaussian`: :math:`\\Sigma = LL^\\top` with lower-triangular :math:`L` whose
+  diagonal is :math:`\\mathrm{softplus}(\\cdot) > 0`; :math:`D + D(D+1)/2` parameters.
+* :class:`LowRankGaussian`: :math:`\\Sigma = WW^\\top + \\mathrm{diag}(d^2)`, :math:`W \\in
+  \\mathbb{R}^{D \\times r}`; :math:`D(r + 2)` parameters, cost linear in :math:`D`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import (
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+)
+
+from .base import VariationalFamily, inverse_softplus
+
+__all__ = ["GaussianFamily", "MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian"]
+
+
+def _initial_loc(dim: int, init_loc: Tensor | float) -> Tensor:
+    loc = torch.as_tensor(init_loc, dtype=torch.get_default_dtype())
+    if loc.dim() == 0:
+        loc = loc.expand(dim)
+    if loc.shape != (dim,):
+        raise ValueError(f"init_loc has shape {tuple(loc.shape)}; expected ({dim},) or a scalar")
+    return loc.clone()
+
+
+def _initial_scale(dim: int, init_scale: Tensor | float) -> Tensor:
+    scale = torch.as_tensor(init_scale, dtype=torch.get_default_dtype())
+    if scale.dim() == 0:
+        scale = scale.expand(dim)
+    if scale.shape != (dim,):
+        raise ValueError(
+            f"init_scale has shape {tuple(scale.shape)}; expected ({dim},) or a scalar"
+        )
+    if torch.any(scale <= 0) or not torch.all(torch.isfinite(scale)):
+        raise ValueError("init_scale must be positive and finite")
+    return scale.clone()
+
+
+class GaussianFamily(VariationalFamily):
+    """Common base of the Gaussian families: a location ``loc`` and a covariance.
+
+    Subclasses expose :meth:`covariance` so that analytic KLs, natural-gradient methods and
+    Laplace initialisation can work with any of them, and :meth:`set_moments` to place the
+    family at a given mean and covariance (as closely as its structure allows).
+    """
+
+    loc: nn.Parameter
+
+    def covariance(self) -> Tensor:
+        """The full covariance matrix :math:`\\Sigma` (``dim x dim``)."""
+        return self().covariance_matrix
+
+    def set_moments(self, loc: Tensor, covariance: Tensor) -> None:
+        """Set :math:`\\mu` and the closest :math:`\\Sigma` the family can represent."""
+        raise NotImplementedError
+
+
+class MeanFieldGaussian(GaussianFamily):
+    """Fully factorised Gaussian :math:`q(z) = \\prod_d \\mathcal{N}(z_d; \\mu_d, \\sigma_d^2)`.
+
+    Args:
+        dim: dimension :math:`D`.
+        init_loc: initial mean (scalar or ``(D,)``).
+        init_scale: initial standard deviation (scalar or ``(D,)``), positive.
+
+    Example:
+        >>> q = MeanFieldGaussian(3, init_scale=0.1)
+        >>> z, log_q = q.rsample_and_log_prob((8,))
+        >>> z.shape, log_q.shape
+        (torch.Size([8, 3]), torch.Size([8]))
+    """
+
+    def __init__(self, dim: int, init_loc: Tensor | float = 0.0, init_scale: Tensor | float = 0.1):
+        super().__init__(dim)
+        self.loc = nn.Parameter(_initial_loc(dim, init_loc))
+        self.raw_scale = nn.Parameter(inverse_softplus(_initial_scale(dim, init_scale)))
+
+    @property
+    def scale(self) -> Tensor:
+        """:math:`\\sigma = \\mathrm{softplus}(\\text{raw\\_scale})`."""
+        return F.softplus(self.raw_scale)
+
+    def forward(self, context: Tensor | None = None) -> Independent:
+        return Independent(Normal(self.loc, self.scale, validate_args=False), 1)
+
+    def covariance(self) -> Tensor:
+        return torch.diag_embed(self.scale**2)
+
+    def set_moments(self, loc: Tensor, covariance: Tensor) -> None:
+        """Mean-field projection: keep :math:`\\mu` and :math:`\\sigma_d^2 = 1/\\Lambda_{dd}`.
+
+        :math:`1/\\Lambda_{dd}` (the inverse of the diagonal of the precision) is the
+        mean-field optimum of :math:`\\mathrm{KL}(q\\|p)` for a Gaussian target, not the
+        marginal variance :math:`\\Sigma_{dd}`.
+        """
+        with torch.no_grad():
+            precision = torch.linalg.inv(covariance.to(self.loc))
+            self.loc.copy_(loc)
+            self.raw_scale.copy_(inverse_softplus(torch.diagonal(precision).rsqrt()))
+
+
+class FullRankGaussian(GaussianFamily):
+    """Full-covariance Gaussian :math:`\\mathcal{N}(\\mu, LL^\\top)` with Cholesky factor :math:`L`.
+
+    :math:`L` is lower triangular with strictly lower part ``tril`` (free) and diagonal
+    :math:`\\mathrm{softplus}(\\text{raw\\_diag}) > 0`, so :math:`LL^\\top` is positive definite.
+
+    Args:
+        dim: dimension :math:`D`.
+        init_loc: initial mean.
+        init_scale: initial marginal standard deviation (the initial :math:`L` is diagonal).
+    """
+
+    def __init__(self, dim: int, init_loc: Tensor | float = 0.0, init_scale: Tensor | float = 0.1):
+        super().__init__(dim)
+        self.loc = nn.Parameter(_initial_loc(dim, init_loc))
+        self.raw_diag = nn.Parameter(inverse_softplus(_initial_scale(dim, init_scale)))
+        self.tril = nn.Parameter(torch.zeros(dim, dim))
+        # The upper triangle of ``tril`` is never used; masking keeps its gradient at zero.
+        self.register_buffer("_strict_lower", torch.ones(dim, dim).tril(-1), persistent=False)
+
+    @property
+    def scale_tril(self) -> Tensor:
+        """Cholesky factor :math:`L` of the covariance."""
+        return self.tril * self._strict_lower + torch.diag_embed(F.softplus(self.raw_diag))
+
+    def forward(self, context: Tensor | None = None) -> MultivariateNormal:
+        return MultivariateNormal(self.loc, scale_tril=self.scale_tril, validate_args=False)
+
+    def covariance(self) -> Tensor:
+        L = self.scale_tril
+        return L @ L.mT
+
+    def set_moments(self, loc: Tensor, covariance: Tensor) -> None:
+        with torch.no_grad():
+            L = torch.linalg.cholesky(covariance.to(self.loc))
+            self.loc.copy_(loc)
+            self.raw_diag.copy_(inverse_softplus(torch.diagonal(L)))
+            self.tril.copy_(L.tril(-1))
+
+
+class LowRankGaussian(GaussianFamily):
+    """Low-rank plus diagonal Gaussian :math:`\\mathcal{N}(\\mu, WW^\\top + \\mathrm{diag}(d^2))`.
+
+    Args:
+        dim: dimension :math:`D`.
+        rank: number of columns :math:`r` of the factor :math:`W` (``1 <= rank <= dim``).
+        init_loc: initial mean.
+        init_scale: initial diagonal standard deviation :math:`d`.
+        init_factor_scale: entries of :math:`W` start at this scale times a fixed pseudo-random
+            pattern (seed 0); exactly zero would be a saddle point of the ELBO.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        rank: int = 2,
+        init_loc: Tensor | float = 0.0,
+        init_scale: Tensor | float = 0.1,
+        init_factor_scale: float = 1e-2,
+    ):
+        super().__init__(dim)
+        if not isinstance(rank, int) or not 1 <= rank <= dim:
+            raise ValueError(f"rank must be an int in [1, dim={dim}], got {rank!r}")
+        self.rank = rank
+        self.loc = nn.Parameter(_initial_loc(dim, init_loc))
+        self.raw_diag = nn.Parameter(inverse_softplus(_initial_scale(dim, init_scale)))
+        generator = torch.Generator().manual_seed(0)
+        factor = torch.randn(dim, rank, generator=generator) * init_factor_scale
+        self.cov_factor = nn.Parameter(factor.to(torch.get_default_dtype()))
+
+    @property
+    def diag_scale(self) -> Tensor:
+        return F.softplus(self.raw_diag)
+
+    def forward(self, context: Tensor | None = None) -> LowRankMultivariateNormal:
+        return LowRankMultivariateNormal(
+            self.loc, self.cov_factor, self.diag_scale**2, validate_args=False
+        )
+
+    def covariance(self) -> Tensor:
+        return self.cov_factor @ self.cov_factor.mT + torch.diag_embed(self.diag_scale**2)
+
+    def set_moments(self, loc: Tensor, covariance: Tensor) -> None:
+        """Top-``rank`` eigenpairs for :math:`W`, the residual diagonal (floored) for :math:`d^2`."""
+        with torch.no_grad():
+            cov = covariance.to(self.loc)
+            evals, evecs = torch.linalg.eigh(cov)
+            top = evals[-self.rank :].clamp_min(0)
+            W = evecs[:, -self.rank :] * top.sqrt()
+            resid = (torch.diagonal(cov) - (W**2).sum(-1)).clamp_min(1e-3 * cov.diagonal().min())
+            self.loc.copy_(loc)
+            self.cov_factor.copy_(W)
+            self.raw_diag.copy_(inverse_softplus(resid.sqrt()))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, rank={self.rank}"

@@ -1,0 +1,265 @@
+"""The :class:`Model` base class: named constrained parameters, a log prior and a likelihood.
+
+A user declares each parameter with a shape and a support (a ``torch.distributions``
+constraint) and writes :meth:`Model.log_prior` and :meth:`Model.log_likelihood`. The
+framework maps an unconstrained vector :math:`z \\in \\mathbb{R}^D` to the constrained
+parameters :math:`\\theta = T(z)` with :math:`T =` ``biject_to(support)``, and estimates the
+log joint of the unconstrained density from a minibatch :math:`\\mathcal{B}` of size
+:math:`B` out of :math:`N`:
+
+.. math::
+
+    \\log p(z, D) \\approx \\log p(\\theta) + \\log\\lvert \\det J_T(z) \\rvert
+        + \\frac{N}{B} \\sum_{i \\in \\mathcal{B}} \\log p(x_i \\mid \\theta),
+
+which is unbiased for the full-data log joint when the batch is drawn uniformly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Transform, biject_to, constraints
+from torch.distributions.constraints import Constraint
+
+from ..data import Batch, as_tensor, batch_length, validate_data
+
+__all__ = ["Model", "ParamSpec", "LogJoint", "ConjugateModel"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A declared model parameter: its constrained shape, support and place in :math:`z`."""
+
+    name: str
+    shape: tuple[int, ...]
+    support: Constraint
+    transform: Transform
+    unconstrained_shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        """Number of unconstrained coordinates."""
+        return math.prod(self.unconstrained_shape)
+
+
+@dataclass
+class LogJoint:
+    """The terms of the unconstrained log joint, each of shape = particle shape.
+
+    ``log_likelihood`` is already scaled by :math:`N/B`.
+    """
+
+    log_likelihood: Tensor
+    log_prior: Tensor
+    log_det_jacobian: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        return self.log_likelihood + self.log_prior + self.log_det_jacobian
+
+
+class Model(nn.Module):
+    """Base class of Bayesian models :math:`p(\\theta)\\prod_i p(x_i \\mid \\theta)`.
+
+    Subclasses call :meth:`add_param` and :meth:`set_data` in ``__init__`` and implement
+    :meth:`log_prior` and :meth:`log_likelihood`. ``params`` maps names to constrained
+    tensors with leading particle dimensions ``S``; both methods return shape ``S``.
+    A model can hold ``nn.Parameter``s of its own (empirical Bayes, decoders); ``fit``
+    optimises them together with the family.
+
+    Example:
+        >>> class Coin(Model):
+        ...     def __init__(self, flips):
+        ...         super().__init__()
+        ...         self.add_param("p", support=constraints.unit_interval)
+        ...         self.set_data(flips=flips)
+        ...     def log_prior(self, params):
+        ...         return torch.zeros_like(params["p"])  # flat prior on (0, 1)
+        ...     def log_likelihood(self, params, batch):
+        ...         p = params["p"].unsqueeze(-1)
+        ...         x = batch["flips"]
+        ...         return (x * p.log() + (1 - x) * (-p).log1p()).sum(-1)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._param_specs: dict[str, ParamSpec] = {}
+        self._data_names: list[str] = []
+        self._dim = 0
+        self.num_data = 0
+
+    # -- declaration ---------------------------------------------------------------
+    def add_param(
+        self,
+        name: str,
+        shape: tuple[int, ...] | int = (),
+        support: Constraint = constraints.real,
+    ) -> ParamSpec:
+        """Declare a parameter ``name`` with constrained ``shape`` and ``support``."""
+        if name in self._param_specs:
+            raise ValueError(f"parameter {name!r} is declared twice")
+        shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        if any(s <= 0 for s in shape):
+            raise ValueError(f"parameter {name!r} has shape {shape}; sizes must be positive")
+        if not isinstance(support, Constraint):
+            raise TypeError(
+                f"support of {name!r} must be a torch.distributions constraint, "
+                f"got {type(support).__name__}"
+            )
+        if support.is_discrete:
+            raise ValueError(
+                f"parameter {name!r} has a discrete support ({support}); VI over "
+                "reparameterized families needs continuous parameters: marginalise it out"
+            )
+        try:
+            transform = biject_to(support)
+        except NotImplementedError:
+            raise ValueError(
+                f"cannot map the support {support} of parameter {name!r} to the real line; "
+                "use a support that torch.distributions.biject_to knows (real, positive, "
+                "unit_interval, interval, greater_than, less_than, simplex, "
+                "positive_definite, ...)"
+            ) from None
+        unconstrained_shape = tuple(transform.inverse_shape(torch.Size(shape)))
+        spec = ParamSpec(name, shape, support, transform, unconstrained_shape, self._dim)
+        self._param_specs[name] = spec
+        self._dim += spec.size
+        return spec
+
+    def set_data(self, **arrays: object) -> None:
+        """Store the data arrays (tensors, NumPy arrays) as buffers sharing a leading axis.
+
+        NaN/Inf values, empty arrays, non-numeric arrays and mismatched lengths raise.
+        """
+        tensors = {name: as_tensor(value, name) for name, value in arrays.items()}
+        self.num_data = validate_data(tensors)
+        for name in self._data_names:
+            delattr(self, name)
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor)
+        self._data_names = list(tensors)
+
+    # -- structure -----------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Dimension :math:`D` of the unconstrained vector :math:`z`."""
+        return self._dim
+
+    @property
+    def param_specs(self) -> Mapping[str, ParamSpec]:
+        return dict(self._param_specs)
+
+    @property
+    def data(self) -> Batch:
+        """The full data set as a batch."""
+        return {name: getattr(self, name) for name in self._data_names}
+
+    def index_data(self, indices: Tensor) -> Batch:
+        """The minibatch of rows ``indices``: plain tensor indexing, no collation."""
+        return {name: getattr(self, name)[indices] for name in self._data_names}
+
+    def flat_names(self) -> list[str]:
+        """Names of every constrained scalar, e.g. ``["mu", "beta[0]", "beta[1]"]``."""
+        names = []
+        for spec in self._param_specs.values():
+            if spec.shape == ():
+                names.append(spec.name)
+                continue
+            for idx in itertools.product(*(range(s) for s in spec.shape)):
+                names.append(f"{spec.name}[{','.join(map(str, idx))}]")
+        return names
+
+    # -- the maths -----------------------------------------------------------------
+    def log_prior(self, params: Mapping[str, Tensor]) -> Tensor:
+        """:math:`\\log p(\\theta)`; shape = particle shape. Return zeros for a flat prior."""
+        raise NotImplementedError(f"{type(self).__name__} must implement log_prior")
+
+    def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """:math:`\\sum_{i \\in \\text{batch}} \\log p(x_i \\mid \\theta)`; shape = particle shape."""
+        raise NotImplementedError(f"{type(self).__name__} must implement log_likelihood")
+
+    def constrain(self, z: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Map :math:`z` (shape ``S + (D,)``) to constrained params and :math:`\\log|\\det J_T(z)|`."""
+        if z.shape[-1] != self._dim:
+            raise ValueError(
+                f"z has last dimension {z.shape[-1]}, but {type(self).__name__} has "
+                f"dim={self._dim}; build the family with model.dim"
+            )
+        sample_shape = z.shape[:-1]
+        params: dict[str, Tensor] = {}
+        log_det = z.new_zeros(sample_shape)
+        for spec in self._param_specs.values():
+            u = z[..., spec.offset : spec.offset + spec.size].reshape(
+                tuple(sample_shape) + spec.unconstrained_shape
+            )
+            theta = spec.transform(u)
+            params[spec.name] = theta
+            if not _is_identity(spec.transform):
+                ldj = spec.transform.log_abs_det_jacobian(u, theta)
+                log_det = log_det + ldj.reshape(tuple(sample_shape) + (-1,)).sum(-1)
+        return params, log_det
+
+    def unconstrain(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Inverse of :meth:`constrain`: constrained params to :math:`z`."""
+        pieces = []
+        for spec in self._param_specs.values():
+            theta = params[spec.name]
+            if not isinstance(theta, Tensor):
+                theta = torch.as_tensor(theta, dtype=torch.get_default_dtype())
+            u = spec.transform.inv(theta)
+            sample_shape = u.shape[: u.dim() - len(spec.unconstrained_shape)]
+            pieces.append(u.reshape(tuple(sample_shape) + (spec.size,)))
+        return torch.cat(pieces, -1)
+
+    def log_joint(
+        self, z: Tensor, batch: Batch | None = None, likelihood_scale: float | None = None
+    ) -> LogJoint:
+        """Terms of :math:`\\log p(z, D)` estimated from ``batch`` (the full data if ``None``).
+
+        The likelihood is scaled by ``likelihood_scale``, by default :math:`N/B`.
+        """
+        params, log_det = self.constrain(z)
+        if batch is None:
+            batch = self.data
+        log_lik = self.log_likelihood(params, batch) if batch else z.new_zeros(z.shape[:-1])
+        if likelihood_scale is None:
+            likelihood_scale = self.num_data / batch_length(batch) if batch else 1.0
+        return LogJoint(
+            log_likelihood=log_lik * likelihood_scale,
+            log_prior=self.log_prior(params),
+            log_det_jacobian=log_det,
+        )
+
+    def extra_repr(self) -> str:
+        specs = ", ".join(
+            f"{s.name}{list(s.shape)}:{s.support}" for s in self._param_specs.values()
+        )
+        return f"dim={self._dim}, num_data={self.num_data}, params=({specs})"
+
+
+class ConjugateModel(Model):
+    """A model whose posterior over :math:`z` and evidence :math:`p(D)` are known exactly."""
+
+    def exact_posterior(self) -> Distribution:
+        """:math:`p(z \\mid D)` as a distribution with event shape ``(dim,)``."""
+        raise NotImplementedError
+
+    def log_evidence(self) -> Tensor:
+        """:math:`\\log p(D) = \\log \\int p(D \\mid \\theta) p(\\theta)\\, d\\theta`."""
+        raise NotImplementedError
+
+
+def _is_identity(transform: Transform) -> bool:
+    from torch.distributions.transforms import identity_transform
+
+    return transform == identity_transform or (
+        isinstance(transform, torch.distributions.transforms.ComposeTransform)
+        and not transform.parts
+    )

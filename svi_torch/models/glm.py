@@ -1,0 +1,54 @@
+"""Generalised linear models without a closed-form posterior."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Normal
+
+from ..data import Batch, as_tensor
+from .base import Model
+
+__all__ = ["BayesianLogisticRegression"]
+
+
+class BayesianLogisticRegression(Model):
+    """Logistic regression :math:`y_i \\sim \\mathrm{Bernoulli}(\\mathrm{sigmoid}(x_i^\\top\\beta))`,
+    :math:`\\beta \\sim \\mathcal{N}(0, s_0^2 I)`.
+
+    The log likelihood is :math:`\\sum_i y_i \\eta_i - \\log(1 + e^{\\eta_i})` with
+    :math:`\\eta_i = x_i^\\top\\beta`, evaluated for all particles in one matrix product.
+
+    Args:
+        X: design matrix ``(N, D)``.
+        y: labels in {0, 1}, shape ``(N,)``.
+        prior_scale: :math:`s_0`.
+    """
+
+    def __init__(self, X: object, y: object, prior_scale: float = 1.0) -> None:
+        super().__init__()
+        X, y = as_tensor(X, "X"), as_tensor(y, "y")
+        if X.dim() != 2:
+            raise ValueError(f"X must be a matrix of shape (N, D), got shape {tuple(X.shape)}")
+        if y.dim() != 1:
+            raise ValueError(f"y must be a vector of shape (N,), got shape {tuple(y.shape)}")
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"X has {X.shape[0]} rows but y has {y.shape[0]} entries; they must match"
+            )
+        if not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("y must contain only 0 and 1 labels")
+        if not prior_scale > 0:
+            raise ValueError(f"prior_scale must be positive, got {prior_scale}")
+        self.prior_scale = float(prior_scale)
+        self.add_param("beta", (X.shape[1],))
+        self.set_data(X=X, y=y)
+
+    def log_prior(self, params: Mapping[str, Tensor]) -> Tensor:
+        return Normal(0.0, self.prior_scale).log_prob(params["beta"]).sum(-1)
+
+    def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        logits = params["beta"] @ batch["X"].mT  # (S, B)
+        return (batch["y"] * logits - F.softplus(logits)).sum(-1)

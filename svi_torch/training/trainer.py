@@ -1,0 +1,483 @@
+"""The training loop: minibatch stochastic gradients on a variational objective.
+
+Each step draws a minibatch by indexing tensors already on the device (:math:`O(B)`),
+evaluates the objective (particles vectorised), back-propagates, and updates the
+variational parameters (and the model's own parameters, if it has any). Metrics stay on
+the device and are read only every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..data import MinibatchStream
+from ..families.base import VariationalFamily
+from ..models.base import Model
+from ..objectives.base import Objective, ObjectiveOutput
+from ..objectives.elbo import ELBO
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .convergence import ConvergenceMonitor
+from .logging import Logger
+from .result import FitResult
+from .schedule import IterateAverage, LRSchedule
+
+__all__ = ["fit", "Trainer", "TrainConfig", "Callback", "NonFiniteLossError"]
+
+DEFAULT_STEPS = 5000
+DEFAULT_LR = 1e-2
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss or gradient too many steps in a row."""
+
+
+class Callback(Protocol):
+    """Hooks into the loop. Every method is optional; implement those you need."""
+
+    def on_log(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a run; see :func:`fit` for their meaning."""
+
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    optimizer: str = "adam"
+    lr: float | None = None
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    lr_schedule: str | Callable[[int, int], float] = "auto"
+    average_from: float = 0.5
+    clip_grad_norm: float | None = None
+    convergence: bool | ConvergenceMonitor = False
+    seed: int = 0
+    device: str | torch.device | None = None
+    progress: bool | None = None
+    log_every: int = 100
+    checkpoint_path: str | Path | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    max_bad_steps: int = 20
+
+
+def _optimizer_names() -> dict[str, str]:
+    """Lower-case name -> class name of every ``torch.optim`` optimizer."""
+    names = {}
+    for name in dir(torch.optim):
+        cls = getattr(torch.optim, name)
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, torch.optim.Optimizer)
+            and cls is not torch.optim.Optimizer
+        ):
+            names[name.lower()] = name
+    return names
+
+
+_OPTIMIZERS = _optimizer_names()
+
+
+def make_optimizer(
+    name: str, params: Sequence[nn.Parameter], lr: float, kwargs: dict[str, Any]
+) -> torch.optim.Optimizer:
+    """``torch.optim`` optimizer by case-insensitive name (``"adam"``, ``"SGD"``, ...)."""
+    if not isinstance(name, str) or name.lower() not in _OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}")
+    cls = getattr(torch.optim, _OPTIMIZERS[name.lower()])
+    try:
+        return cls(params, lr=lr, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"bad optimizer_kwargs for {cls.__name__}: {err}") from None
+
+
+class Trainer:
+    """Runs the minibatch loop for one (model, family, objective); see :func:`fit`."""
+
+    def __init__(
+        self,
+        model: Model,
+        family: VariationalFamily,
+        objective: Objective | None = None,
+        config: TrainConfig | None = None,
+        loggers: Sequence[Logger] = (),
+        callbacks: Sequence[Any] = (),
+    ) -> None:
+        self.config = config = config or TrainConfig()
+        self.objective = objective if objective is not None else ELBO()
+        self.loggers = list(loggers)
+        self.callbacks = list(callbacks)
+        _check_compatible(model, family)
+        self.device = torch.device(config.device) if config.device is not None else None
+        if self.device is not None:
+            _check_device(self.device)
+            model.to(self.device)
+            family.to(self.device)
+        self.model, self.family = model, family
+        n = model.num_data
+        batch_size = config.batch_size
+        if batch_size is None:
+            batch_size = n if n <= 256 else 128
+        steps_per_epoch = (
+            -(-n // batch_size) if isinstance(batch_size, int) and batch_size > 0 else 1
+        )
+        self.stream = MinibatchStream(n, batch_size, seed=config.seed, device=_data_device(model))
+        self.total_steps = _total_steps(config, steps_per_epoch)
+        self.params = [p for p in [*family.parameters(), *model.parameters()] if p.requires_grad]
+        lr = DEFAULT_LR if config.lr is None else config.lr
+        if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        self.base_lr = float(lr)
+        self.optimizer = make_optimizer(
+            config.optimizer, self.params, self.base_lr, dict(config.optimizer_kwargs)
+        )
+        self.schedule = LRSchedule(config.lr_schedule, self.total_steps, config.average_from)
+        self.average = IterateAverage()
+        if isinstance(config.convergence, ConvergenceMonitor):
+            self.monitor: ConvergenceMonitor | None = config.convergence
+        elif config.convergence:
+            self.monitor = ConvergenceMonitor(window=max(50, min(500, self.total_steps // 20)))
+        else:
+            self.monitor = None
+        self.step = 0
+        self.skipped_steps = 0
+        self.bad_in_a_row = 0
+        self.stop_reason = "max_steps"
+        self.history: dict[str, list[float]] = {}
+        self.elbo_ema: Tensor | None = None
+        self.last_output: ObjectiveOutput | None = None
+        self.last_grad_norm: Tensor | None = None
+        self._wall_time = 0.0
+        if config.resume:
+            self._resume()
+
+    # -- one step --------------------------------------------------------------------
+    def train_step(self) -> ObjectiveOutput | None:
+        """One stochastic-gradient step; returns None when the step was skipped."""
+        indices = self.stream.next_indices()
+        batch = self.model.index_data(indices)
+        scale = self.model.num_data / (self.stream.batch_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        output = self.objective(self.family, self.model, batch, likelihood_scale=scale)
+        output.loss.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else output.loss.new_zeros(())
+        # One host read per step: a NaN step must never reach the parameters.
+        if not bool(torch.isfinite(output.loss.detach()) & torch.isfinite(grad_norm)):
+            self._bad_step(output)
+            return None
+        self.bad_in_a_row = 0
+        if self.config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(grads, self.config.clip_grad_norm, grad_norm)
+        factor = self.schedule.factor(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * factor
+        self.optimizer.step()
+        if self.schedule.in_refine(self.step):
+            self.average.update(self.params)
+        elbo = output.metrics.get("elbo", -output.loss.detach())
+        self.elbo_ema = elbo if self.elbo_ema is None else self.elbo_ema.lerp(elbo, 0.05)
+        self.last_output, self.last_grad_norm = output, grad_norm.detach()
+        return output
+
+    def _bad_step(self, output: ObjectiveOutput) -> None:
+        self.skipped_steps += 1
+        self.bad_in_a_row += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.bad_in_a_row >= self.config.max_bad_steps:
+            bad_terms = [
+                k for k, v in output.metrics.items() if not bool(torch.isfinite(v).all())
+            ] or ["gradient"]
+            raise NonFiniteLossError(
+                f"the loss or its gradient was NaN/Inf for {self.bad_in_a_row} steps in a row "
+                f"(at step {self.step}); non-finite terms: {', '.join(bad_terms)}. Lower lr, "
+                "check the model's log density for invalid parameter values, or set "
+                "clip_grad_norm"
+            )
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self, stop_at: int | None = None) -> FitResult:
+        """Train until the step budget is spent or the stop rule fires.
+
+        ``stop_at`` pauses the run after that step, as an interruption would: the
+        checkpoint (if any) is written and the iterate average is *not* applied, so a
+        later ``resume`` continues exactly where this left off.
+        """
+        config = self.config
+        if self.step == 0:
+            torch.manual_seed(config.seed)
+        bar = _progress_bar(config.progress, self.total_steps, self.step)
+        start = time.perf_counter()
+        last_log_time, last_log_step = start, self.step
+        try:
+            while self.step < self.total_steps and not self.schedule.finished(self.step):
+                if stop_at is not None and self.step >= stop_at:
+                    break
+                output = self.train_step()
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                if (
+                    output is not None
+                    and self.monitor is not None
+                    and self.monitor.update(output.metrics.get("elbo", -output.loss.detach()))
+                ):
+                    self._on_converged()
+                if self.step % config.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    rate = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
+                    self._log(rate, bar)
+                    last_log_time, last_log_step = now, self.step
+                if (
+                    config.checkpoint_path
+                    and config.checkpoint_every
+                    and (self.step % config.checkpoint_every == 0)
+                ):
+                    self._wall_time += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        self._wall_time += time.perf_counter() - start
+        if stop_at is not None and self.step >= stop_at and self.step < self.total_steps:
+            if config.checkpoint_path:
+                self.save_checkpoint()
+            return self.result()
+        if self.monitor is not None and self.monitor.reason and self.schedule.finished(self.step):
+            self.stop_reason = self.monitor.reason
+        self.average.copy_to(self.params)
+        if config.checkpoint_path:
+            self.save_checkpoint()
+        return self.result()
+
+    def _on_converged(self) -> None:
+        if self.schedule.averaging:
+            if not self.schedule.in_refine(self.step):
+                # Plateau reached early: refine (decay + average) for a quarter of the run so far.
+                window = self.monitor.window if self.monitor else 100
+                self.schedule.refine_now(self.step, max(2 * window, self.step // 4))
+        else:
+            self.schedule.refine_end = self.step
+        assert self.monitor is not None
+        self.monitor.flat_windows = -(10**9)  # report once, then let the refine phase finish
+
+    def _log(self, rate: float, bar: Any) -> None:
+        if self.last_output is None:
+            return
+        metrics = {k: v.item() for k, v in self.last_output.metrics.items()}
+        metrics["loss"] = self.last_output.loss.item()
+        if self.elbo_ema is not None:
+            metrics["elbo/smoothed"] = self.elbo_ema.item()
+        if self.last_grad_norm is not None:
+            metrics["grad/norm"] = self.last_grad_norm.item()
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["throughput/samples_per_s"] = rate * self.stream.batch_size
+        metrics["throughput/steps_per_s"] = rate
+        metrics["health/skipped_steps"] = float(self.skipped_steps)
+        with torch.no_grad():
+            variance = self.family.variance()
+        if variance.dim() == 1:
+            metrics["posterior/variance_mean"] = variance.mean().item()
+            metrics["posterior/variance_min"] = variance.min().item()
+            metrics["posterior/variance_max"] = variance.max().item()
+        for callback in self.callbacks:
+            hook = getattr(callback, "on_log", None)
+            if hook is not None:
+                hook(self, self.step, metrics)
+        self.history.setdefault("step", []).append(float(self.step))
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append(value)
+        for logger in self.loggers:
+            logger.log_scalars(self.step, metrics)
+        if bar is not None:
+            bar.set_postfix(elbo=f"{metrics.get('elbo/smoothed', math.nan):.4g}", refresh=False)
+
+    def result(self) -> FitResult:
+        return FitResult(
+            family=self.family,
+            model=self.model,
+            history=self.history,
+            steps=self.step,
+            stop_reason=self.stop_reason,
+            wall_time=self._wall_time,
+            skipped_steps=self.skipped_steps,
+        )
+
+    # -- checkpoints -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "family": self.family.state_dict(),
+            "model_params": {k: v.detach() for k, v in self.model.named_parameters()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "average": self.average.state_dict(),
+            "monitor": self.monitor.state_dict() if self.monitor else None,
+            "stream": self.stream.state_dict(),
+            "rng": capture_rng_state(),
+            "skipped_steps": self.skipped_steps,
+            "elbo_ema": self.elbo_ema,
+            "history": self.history,
+            "wall_time": self._wall_time,
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        target = path or self.config.checkpoint_path
+        if target is None:
+            raise ValueError("no checkpoint_path given")
+        return save_checkpoint(target, self.state_dict())
+
+    def _resume(self) -> None:
+        path = self.config.checkpoint_path
+        if path is None:
+            raise ValueError("resume=True needs checkpoint_path")
+        if not Path(path).exists():
+            return  # nothing to resume: a fresh run
+        state = load_checkpoint(path)
+        self.family.load_state_dict(state["family"])
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                p.copy_(state["model_params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.average.load_state_dict(state["average"])
+        if self.monitor is not None and state["monitor"] is not None:
+            self.monitor.load_state_dict(state["monitor"])
+        self.stream.load_state_dict(state["stream"])
+        restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.skipped_steps = int(state["skipped_steps"])
+        self.elbo_ema = state["elbo_ema"]
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self._wall_time = float(state["wall_time"])
+
+
+def fit(
+    model: Model,
+    family: VariationalFamily,
+    objective: Objective | None = None,
+    *,
+    loggers: Sequence[Logger] = (),
+    callbacks: Sequence[Any] = (),
+    **settings: Any,
+) -> FitResult:
+    """Fit ``family`` to the posterior of ``model`` by minibatch stochastic gradients.
+
+    Maximises the objective (by default the reparameterized :class:`~svi_torch.objectives.ELBO`,
+    i.e. minimises the reverse :math:`\\mathrm{KL}(q\\|p)`), with the likelihood of each
+    minibatch scaled by :math:`N/B`.
+
+    Args:
+        model: the :class:`~svi_torch.models.Model`.
+        family: the :class:`~svi_torch.families.VariationalFamily` (trained in place).
+        objective: default ``ELBO()``.
+        steps: optimisation steps (default 5000 unless ``epochs`` is given).
+        epochs: passes over the data, an alternative to ``steps``.
+        batch_size: :math:`B` (default all data up to 256 points, else 128).
+        optimizer: a ``torch.optim`` optimizer name (default ``"adam"``).
+        lr: learning rate (default 1e-2).
+        optimizer_kwargs: extra optimizer arguments.
+        lr_schedule: ``"auto"`` (constant, then cosine decay with iterate averaging over the
+            last ``1 - average_from`` of the run), ``"constant"``, ``"cosine"``, or a function
+            ``(step, total) -> factor``.
+        average_from: where the averaging phase starts, as a fraction of the steps.
+        clip_grad_norm: clip the gradient norm to this value.
+        convergence: ``True`` (default stop rule), ``False``, or a ``ConvergenceMonitor``.
+        seed: seeds particles and data order; same seed, same result on CPU.
+        device: e.g. ``"cuda"``; model data and family are moved once.
+        progress: tqdm bar (default: only on a terminal).
+        log_every: steps between metric reads, logs and history entries.
+        checkpoint_path, checkpoint_every, resume: atomic checkpoints and resuming.
+        max_bad_steps: consecutive non-finite steps tolerated before raising.
+        loggers: :class:`~svi_torch.training.logging.Logger` objects.
+        callbacks: objects with an ``on_log(trainer, step, metrics)`` method.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Example:
+        >>> import svi_torch as st
+        >>> X, y, _ = st.models.regression_data(2000, 3)
+        >>> model = st.models.BayesianLinearRegression(X, y)
+        >>> result = st.fit(model, st.families.FullRankGaussian(model.dim), steps=2000)
+    """
+    unknown = set(settings) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(
+            f"fit() got unknown setting(s) {sorted(unknown)}; valid: "
+            f"{sorted(TrainConfig.__dataclass_fields__)}"
+        )
+    config = TrainConfig(**settings)
+    return Trainer(model, family, objective, config, loggers, callbacks).run()
+
+
+def _check_compatible(model: Model, family: VariationalFamily) -> None:
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an svi_torch Model, got {type(model).__name__}")
+    if not isinstance(family, VariationalFamily):
+        raise TypeError(
+            f"family must be an svi_torch VariationalFamily, got {type(family).__name__}"
+        )
+    if model.dim == 0:
+        raise ValueError(f"{type(model).__name__} declares no parameters; call add_param")
+    if family.dim != model.dim:
+        raise ValueError(
+            f"family has dim={family.dim} but the model has dim={model.dim} unconstrained "
+            f"coordinates; build it as {type(family).__name__}(model.dim)"
+        )
+    data_dtype = next((b.dtype for b in model.buffers() if b.is_floating_point()), None)
+    fam_dtype = next((p.dtype for p in family.parameters()), None)
+    if data_dtype is not None and fam_dtype is not None and data_dtype != fam_dtype:
+        raise TypeError(
+            f"the family's parameters are {fam_dtype} but the model's data are {data_dtype}; "
+            f"convert one, e.g. family.to({data_dtype})"
+        )
+
+
+def _check_device(device: torch.device) -> None:
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but no CUDA device is available; use 'cpu'")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' was requested but MPS is not available; use 'cpu'")
+
+
+def _data_device(model: Model) -> torch.device:
+    buffer = next(iter(model.buffers()), None)
+    return buffer.device if buffer is not None else torch.device("cpu")
+
+
+def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    if config.steps is not None and config.epochs is not None:
+        raise ValueError("give steps or epochs, not both")
+    if config.epochs is not None:
+        if (
+            isinstance(config.epochs, bool)
+            or not isinstance(config.epochs, int)
+            or config.epochs < 1
+        ):
+            raise ValueError(f"epochs must be a positive int, got {config.epochs!r}")
+        return config.epochs * steps_per_epoch
+    steps = DEFAULT_STEPS if config.steps is None else config.steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    return steps
+
+
+def _progress_bar(progress: bool | None, total: int, initial: int) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
