@@ -125,12 +125,19 @@ class Trainer:
         self.model, self.family = model, family
         n = model.num_data
         batch_size = config.batch_size
-        if batch_size is None:
-            batch_size = n if n <= 256 else 128
-        steps_per_epoch = (
-            -(-n // batch_size) if isinstance(batch_size, int) and batch_size > 0 else 1
-        )
-        self.stream = MinibatchStream(n, batch_size, seed=config.seed, device=_data_device(model))
+        if n == 0:
+            # A density-only target: no data, the log joint is the whole unnormalised density.
+            if batch_size is not None:
+                raise ValueError(f"{type(model).__name__} has no data; leave batch_size unset")
+            self.stream: MinibatchStream | None = None
+            steps_per_epoch = 1
+        else:
+            if batch_size is None:
+                batch_size = n if n <= 256 else 128
+            self.stream = MinibatchStream(
+                n, batch_size, seed=config.seed, device=_data_device(model)
+            )
+            steps_per_epoch = self.stream.steps_per_epoch
         self.total_steps = _total_steps(config, steps_per_epoch)
         self.params = [p for p in [*family.parameters(), *model.parameters()] if p.requires_grad]
         lr = DEFAULT_LR if config.lr is None else config.lr
@@ -163,9 +170,12 @@ class Trainer:
     # -- one step --------------------------------------------------------------------
     def train_step(self) -> ObjectiveOutput | None:
         """One stochastic-gradient step; returns None when the step was skipped."""
-        indices = self.stream.next_indices()
-        batch = self.model.index_data(indices)
-        scale = self.model.num_data / (self.stream.batch_size)
+        if self.stream is None:
+            batch, scale = None, 1.0
+        else:
+            indices = self.stream.next_indices()
+            batch = self.model.index_data(indices)
+            scale = self.model.num_data / indices.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
         output = self.objective(self.family, self.model, batch, likelihood_scale=scale)
         output.loss.backward()
@@ -281,7 +291,7 @@ class Trainer:
         if self.last_grad_norm is not None:
             metrics["grad/norm"] = self.last_grad_norm.item()
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        metrics["throughput/samples_per_s"] = rate * self.stream.batch_size
+        metrics["throughput/samples_per_s"] = rate * (self.stream.batch_size if self.stream else 1)
         metrics["throughput/steps_per_s"] = rate
         metrics["health/skipped_steps"] = float(self.skipped_steps)
         with torch.no_grad():
@@ -323,7 +333,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "average": self.average.state_dict(),
             "monitor": self.monitor.state_dict() if self.monitor else None,
-            "stream": self.stream.state_dict(),
+            "stream": self.stream.state_dict() if self.stream else None,
             "rng": capture_rng_state(),
             "skipped_steps": self.skipped_steps,
             "elbo_ema": self.elbo_ema,
@@ -353,7 +363,8 @@ class Trainer:
         self.average.load_state_dict(state["average"])
         if self.monitor is not None and state["monitor"] is not None:
             self.monitor.load_state_dict(state["monitor"])
-        self.stream.load_state_dict(state["stream"])
+        if self.stream is not None:
+            self.stream.load_state_dict(state["stream"])
         restore_rng_state(state["rng"])
         self.step = int(state["step"])
         self.skipped_steps = int(state["skipped_steps"])
