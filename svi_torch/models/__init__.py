@@ -19,4 +19,14 @@ __all__ = [
     "regression_data",
     "logistic_data",
     "correlated_features",
+    "PyroModel",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The Pyro bridge imports pyro (about a second); load it on first use only.
+    if name == "PyroModel":
+        from .pyro import PyroModel
+
+        return PyroModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
