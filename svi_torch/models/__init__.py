@@ -5,6 +5,7 @@ from .conjugate import BayesianLinearRegression, NormalMean
 from .glm import BayesianLogisticRegression
 from .hierarchical import EightSchools
 from .synthetic import correlated_features, logistic_data, normal_mean_data, regression_data
+from .timeseries import AutoRegressive
 
 __all__ = [
     "Model",
@@ -15,6 +16,7 @@ __all__ = [
     "BayesianLinearRegression",
     "BayesianLogisticRegression",
     "EightSchools",
+    "AutoRegressive",
     "normal_mean_data",
     "regression_data",
     "logistic_data",

@@ -168,6 +168,11 @@ class PyroModel(Model):
         else:
             self.vectorize_particles = False
 
+    @property
+    def max_plate_nesting(self) -> int:
+        """Batch dimensions the model uses (plates and batched sites); particles go left of them."""
+        return self._max_plate_nesting
+
     # -- discovery ---------------------------------------------------------------------
     def _discover(self, seed: int, observed: tuple[str, ...]) -> None:
         """Trace once to declare the latent sites and check the model can be fitted."""
