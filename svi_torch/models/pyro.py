@@ -143,6 +143,7 @@ class PyroModel(Model):
         self._sites: list[_Site] = []
         self._observed_names: list[str] = []
         self._max_plate_nesting = 0
+        self._fixed_seed: int | None = None
         self._discover(seed, tuple(observed))
         if vectorize_particles is None:
             problem = self._vectorization_problem()
@@ -317,6 +318,10 @@ class PyroModel(Model):
             # randperm and scales the plate's sites by N / len(indices).
             data[self.data_plate] = indices
         fn = self.model_fn
+        if self._fixed_seed is not None:
+            # Construction check only: the same random draws (e.g. a plate Pyro subsamples
+            # itself) in the vectorised trace and in each traced particle of the loop.
+            fn = poutine.seed(fn, rng_seed=self._fixed_seed)
         if particles is not None:
             fn = _in_particle_plate(fn, particles, -(self._max_plate_nesting + 1))
         return poutine.condition(fn, data=data)
@@ -491,6 +496,7 @@ class PyroModel(Model):
             indices = self._plate_index[: min(self.num_data, 64)]
         params, _ = self.constrain(z)
         saved = getattr(self, "vectorize_particles", None)
+        self._fixed_seed = 0
         try:
             self.vectorize_particles = True
             try:
@@ -503,6 +509,7 @@ class PyroModel(Model):
                 looped = self._terms(params, indices)
         finally:
             self.vectorize_particles = saved
+            self._fixed_seed = None
         for field in _Terms.__dataclass_fields__:
             a, b = getattr(vectorized, field), getattr(looped, field)
             if a.shape != b.shape or not torch.allclose(
