@@ -22,9 +22,16 @@ from torch.distributions import MultivariateNormal, constraints, kl_divergence
 import svi_torch as st
 from svi_torch.data import MinibatchStream
 from svi_torch.families import FullRankGaussian
-from svi_torch.models import EightSchools, NormalMean, PyroModel, normal_mean_data
+from svi_torch.models import (
+    AutoRegressive,
+    EightSchools,
+    NormalMean,
+    PyroModel,
+    normal_mean_data,
+)
 from svi_torch.models.hierarchical import EIGHT_SCHOOLS_SIGMA, EIGHT_SCHOOLS_Y
 from svi_torch.models.pyro import PyroModelError
+from svi_torch.models.timeseries import lag_matrix
 from svi_torch.objectives import ELBO
 from svi_torch.training.schedule import LRSchedule
 
@@ -74,6 +81,34 @@ def test_log_joint_and_gradient_equal_the_svi_torch_model():
     torch.testing.assert_close(ours.total, theirs.total)
     torch.testing.assert_close(ours.log_det_jacobian, theirs.log_det_jacobian)
     torch.testing.assert_close(grad, expected_grad)
+
+
+def test_autoregressive_model_equals_its_pyro_version():
+    """The AR(K) built-in (posteriordb arK) against the same model written in Pyro."""
+    y = torch.randn(60, generator=torch.Generator().manual_seed(2)).cumsum(0) * 0.1
+    lags = lag_matrix(y, 3)
+    # Row t holds (y[t-1], y[t-2], y[t-3]) for the target y[t], t = 3..59.
+    torch.testing.assert_close(lags[0], torch.stack([y[2], y[1], y[0]]))
+    torch.testing.assert_close(lags[-1], torch.stack([y[58], y[57], y[56]]))
+
+    def ar(lags, target):
+        alpha = pyro.sample("alpha", dist.Normal(0.0, 10.0))
+        beta = pyro.sample("beta", dist.Normal(0.0, 10.0).expand([3]).to_event(1))
+        sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
+        with pyro.plate("data", len(target)) as idx:
+            mean = alpha + (lags[idx] * beta).sum(-1)
+            pyro.sample("y", dist.Normal(mean, sigma), obs=target[idx])
+
+    native = AutoRegressive(y, order=3)
+    bridge = PyroModel(ar, lags, y[3:], data_plate="data")
+    assert native.num_data == bridge.num_data == 57
+    z = torch.randn(5, native.dim)
+    torch.testing.assert_close(native.log_joint(z).total, bridge.log_joint(z).total)
+    idx = torch.tensor([4, 9, 30])
+    torch.testing.assert_close(
+        native.log_joint(z, native.index_data(idx)).total,
+        bridge.log_joint(z, bridge.index_data(idx)).total,
+    )
 
 
 def test_minibatch_log_joint_averages_to_the_full_data_log_joint_over_an_epoch():
