@@ -5,6 +5,7 @@ from .conjugate import BayesianLinearRegression, NormalMean
 from .glm import BayesianLogisticRegression
 from .hierarchical import EightSchools
 from .synthetic import correlated_features, logistic_data, normal_mean_data, regression_data
+from .timeseries import AutoRegressive
 
 __all__ = [
     "Model",
@@ -15,8 +16,19 @@ __all__ = [
     "BayesianLinearRegression",
     "BayesianLogisticRegression",
     "EightSchools",
+    "AutoRegressive",
     "normal_mean_data",
     "regression_data",
     "logistic_data",
     "correlated_features",
+    "PyroModel",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The Pyro bridge imports pyro (about a second); load it on first use only.
+    if name == "PyroModel":
+        from .pyro import PyroModel
+
+        return PyroModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
