@@ -3,7 +3,10 @@
 from .base import ConjugateModel, LogJoint, Model, ParamSpec
 from .conjugate import BayesianLinearRegression, NormalMean
 from .glm import BayesianLogisticRegression
+from .geometry import Banana, BimodalTarget, Funnel
 from .hierarchical import EightSchools
+from .latent import LocalLatentModel, estimate_local_elbo
+from .ppca import ProbabilisticPCA, ppca_data, ppca_maximum_likelihood
 from .synthetic import correlated_features, logistic_data, normal_mean_data, regression_data
 
 __all__ = [
@@ -15,6 +18,14 @@ __all__ = [
     "BayesianLinearRegression",
     "BayesianLogisticRegression",
     "EightSchools",
+    "LocalLatentModel",
+    "estimate_local_elbo",
+    "ProbabilisticPCA",
+    "ppca_data",
+    "ppca_maximum_likelihood",
+    "Funnel",
+    "Banana",
+    "BimodalTarget",
     "normal_mean_data",
     "regression_data",
     "logistic_data",
