@@ -136,6 +136,11 @@ class AmortizedGaussian(VariationalFamily):
             return x, base.log_prob(x)
         return self.flow.push_forward(x, base.log_prob(x))
 
+    @property
+    def has_analytic_entropy(self) -> bool:
+        """Gaussian entropies are analytic; with a flow on top the ELBO uses Monte Carlo."""
+        return self.flow is None
+
     def log_prob_detached(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         if self.flow is not None:
             raise NotImplementedError(

@@ -2,8 +2,8 @@
 
 from .base import ConjugateModel, LogJoint, Model, ParamSpec
 from .conjugate import BayesianLinearRegression, NormalMean
-from .glm import BayesianLogisticRegression
 from .geometry import Banana, BimodalTarget, Funnel
+from .glm import BayesianLogisticRegression
 from .hierarchical import EightSchools
 from .latent import LocalLatentModel, estimate_local_elbo
 from .ppca import ProbabilisticPCA, ppca_data, ppca_maximum_likelihood
