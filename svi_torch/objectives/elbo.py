@@ -39,6 +39,11 @@ class ELBO(Objective):
             parameters, dropping the zero-mean score term, so the gradient variance vanishes
             when :math:`q` equals the posterior. ``"stl"`` needs the Monte Carlo entropy.
 
+    Particles come from ``family.weighted_rsample``: uniform weights :math:`1/K` for
+    ordinary families, the stratified estimator for mixtures (``num_particles`` draws per
+    component). An amortized family's per-data-point entropy is scaled by :math:`N/B`,
+    like the likelihood.
+
     Example:
         >>> objective = ELBO(num_particles=8, gradient="stl")
     """
