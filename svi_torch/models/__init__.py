@@ -2,8 +2,11 @@
 
 from .base import ConjugateModel, LogJoint, Model, ParamSpec
 from .conjugate import BayesianLinearRegression, NormalMean
+from .geometry import Banana, BimodalTarget, Funnel
 from .glm import BayesianLogisticRegression
 from .hierarchical import EightSchools
+from .latent import LocalLatentModel, estimate_local_elbo
+from .ppca import ProbabilisticPCA, ppca_data, ppca_maximum_likelihood
 from .synthetic import correlated_features, logistic_data, normal_mean_data, regression_data
 from .timeseries import AutoRegressive
 
@@ -17,6 +20,14 @@ __all__ = [
     "BayesianLogisticRegression",
     "EightSchools",
     "AutoRegressive",
+    "LocalLatentModel",
+    "estimate_local_elbo",
+    "ProbabilisticPCA",
+    "ppca_data",
+    "ppca_maximum_likelihood",
+    "Funnel",
+    "Banana",
+    "BimodalTarget",
     "normal_mean_data",
     "regression_data",
     "logistic_data",

@@ -173,6 +173,7 @@ class Trainer:
         self.elbo_ema: Tensor | None = None
         self.last_output: ObjectiveOutput | None = None
         self.last_grad_norm: Tensor | None = None
+        self._last_context: Tensor | None = None
         self._wall_time = 0.0
         if config.resume:
             self._resume()
@@ -186,6 +187,8 @@ class Trainer:
             indices = self.stream.next_indices()
             batch = self.model.index_data(indices)
             scale = self.model.num_data / indices.shape[0]
+        # Amortized families need the batch's context to report a posterior variance.
+        self._last_context = batch.get("context") if batch else None
         self.optimizer.zero_grad(set_to_none=True)
         output = self.objective(self.family, self.model, batch, likelihood_scale=scale)
         output.loss.backward()
@@ -313,7 +316,9 @@ class Trainer:
         metrics["throughput/steps_per_s"] = rate
         metrics["health/skipped_steps"] = float(self.skipped_steps)
         with torch.no_grad():
-            variance = self.family.variance()
+            variance = self.family.variance(self._last_context)
+        if variance.dim() == 2:
+            variance = variance.mean(0)  # local latents: average over the batch's data points
         if variance.dim() == 1:
             metrics["posterior/variance_mean"] = variance.mean().item()
             metrics["posterior/variance_min"] = variance.min().item()
