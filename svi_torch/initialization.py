@@ -8,8 +8,9 @@
 * ``"laplace"``: :math:`q = \\mathcal{N}(\\hat z, (-\\nabla^2 \\log p(\\hat z, D))^{-1})`, placed
   with ``set_moments`` (mean-field keeps :math:`1/\\Lambda_{dd}`). On a conjugate Gaussian
   model this *is* the exact posterior.
-* ``"auto"`` (the default of :func:`~svi_torch.fit`): ``"laplace"`` for Gaussian families up
-  to :data:`LAPLACE_MAX_DIM` dimensions, ``"map"`` above, ``"prior"`` for other families.
+* ``"auto"``: ``"laplace"`` for Gaussian families up to :data:`LAPLACE_MAX_DIM` dimensions,
+  ``"map"`` above, ``"prior"`` for other families. ``fit(init="auto")`` (its default) uses
+  this with natural-gradient VI and ``"prior"`` with Adam.
 
 The full-data log joint is evaluated in chunks of rows with the likelihood unscaled, so the
 Hessian costs :math:`O(N D^2)` time (``D`` gradient passes) and :math:`O(\\text{chunk}\\cdot D)`

@@ -145,8 +145,10 @@ class Trainer:
             steps_per_epoch = self.stream.steps_per_epoch
         self.total_steps = _total_steps(config, steps_per_epoch)
         self.params = [p for p in [*family.parameters(), *model.parameters()] if p.requires_grad]
+        self.init_info = None
         if not (config.resume and config.checkpoint_path and Path(config.checkpoint_path).exists()):
-            initialize(model, family, config.init)
+            init = self._auto_init() if config.init == "auto" else config.init
+            self.init_info = initialize(model, family, init)
         lr = self._default_lr() if config.lr is None else config.lr
         if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
@@ -174,6 +176,12 @@ class Trainer:
 
     def _default_lr(self) -> float:
         return DEFAULT_LR
+
+    def _auto_init(self) -> str:
+        # Adam keeps the family as built: from a Laplace start its first, noise-driven steps
+        # (about lr per coordinate whatever the posterior scale) leave the optimum, and
+        # measured KLs were no better (see the README's convergence section).
+        return "prior"
 
     def _build_optimizer(self) -> Any:
         name = "adam" if self.config.optimizer == "auto" else self.config.optimizer
@@ -423,7 +431,8 @@ def fit(
             ``lr`` is given; otherwise Adam.
         lr: learning rate (default 1e-2; for ``"ngvi"`` see ``default_step_size``).
         optimizer_kwargs: extra optimizer arguments.
-        init: ``"auto"`` (Laplace for Gaussian families, else the family as built),
+        init: ``"auto"`` (with ``ngvi``: Laplace for Gaussian families; with Adam and
+            other optimizers: the family as built),
             ``"prior"`` (the family as built), ``"map"`` or ``"laplace"``; see
             :func:`~svi_torch.initialization.initialize`.
         lr_schedule: ``"auto"`` (constant, then cosine decay with iterate averaging over the
