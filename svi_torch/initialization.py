@@ -60,7 +60,23 @@ def initialize(model: Model, family: VariationalFamily, init: str = "auto") -> I
         raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
     is_gaussian = isinstance(family, GaussianFamily)
     if init == "auto":
-        init = "prior" if not is_gaussian else "laplace" if family.dim <= LAPLACE_MAX_DIM else "map"
+        if not is_gaussian:
+            return Initialization("prior")
+        chosen = "laplace" if family.dim <= LAPLACE_MAX_DIM else "map"
+        saved = {k: v.detach().clone() for k, v in family.state_dict().items()}
+        try:
+            return initialize(model, family, chosen)
+        except (ValueError, torch.linalg.LinAlgError) as err:
+            # An automatic choice must not stop a run that could train: keep the family as
+            # built and let the training loop report what is wrong with the model.
+            family.load_state_dict(saved)
+            warnings.warn(
+                f"init='auto' could not place the family at the {chosen} ({err}); "
+                "starting from the family as built",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return Initialization("prior")
     if init == "prior":
         return Initialization("prior")
     if not is_gaussian:

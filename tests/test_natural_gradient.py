@@ -116,7 +116,7 @@ class _TwoBumps(Model):
 def test_precision_stays_positive_definite_on_a_non_log_concave_target():
     model = _TwoBumps()
     family = FullRankGaussian(model.dim, init_scale=3.0)
-    trainer = st.training.Trainer(
+    trainer = NaturalGradientTrainer(
         model,
         family,
         config=st.training.TrainConfig(

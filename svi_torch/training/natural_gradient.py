@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..curvature import gradient, gradient_and_hessian, log_joint_fn, stein_hessian
+from ..curvature import gradient, gradient_and_hessian, stein_hessian
 from ..families.base import VariationalFamily
 from ..families.gaussian import GaussianFamily, MeanFieldGaussian
 from ..models.base import Model
@@ -149,6 +149,7 @@ class NaturalGradientVI:
         self.precision_sum = torch.zeros_like(self.precision)
         self.shift_sum = torch.zeros_like(self.loc)  # running sum of Lambda m
         self.fallbacks = 0
+        self.last_terms: dict[str, Tensor] = {}
 
     # -- one step ----------------------------------------------------------------------
     def step(
@@ -162,7 +163,18 @@ class NaturalGradientVI:
         loc, precision = self.loc, self.precision
         delta = self._draw_offsets()
         z = torch.cat([loc + delta, loc - delta])
-        log_density = log_joint_fn(self.model, batch, likelihood_scale)
+        terms: dict[str, Tensor] = {}
+
+        def log_density(points: Tensor) -> Tensor:
+            joint = self.model.log_joint(points, batch, likelihood_scale)
+            # Kept (detached) so that a non-finite step can name the culprit term.
+            terms.update(
+                log_likelihood=joint.log_likelihood.detach().mean(),
+                log_prior=joint.log_prior.detach().mean(),
+                log_det_jacobian=joint.log_det_jacobian.detach().mean(),
+            )
+            return joint.total
+
         if self.curvature == "hessian":
             values, grads, hessians = gradient_and_hessian(log_density, z)
             neg_hess = -hessians.mean(0)
@@ -170,9 +182,9 @@ class NaturalGradientVI:
             values, grads = gradient(log_density, z)
             neg_hess = -stein_hessian(z, grads, loc, precision)
         grad = grads.mean(0)
-        if not (bool(torch.isfinite(values).all()) and bool(torch.isfinite(grad).all())):
-            return None
-        if not bool(torch.isfinite(neg_hess).all()):
+        self.last_terms = terms
+        finite = torch.isfinite(values).all() & torch.isfinite(grad).all()
+        if not bool(finite & torch.isfinite(neg_hess).all()):
             return None
         elbo = values.mean() + self.entropy()
         new_precision = self._update_precision(precision, neg_hess, rho)

@@ -7,8 +7,6 @@ checkpoints. Iterate averaging acts on the natural parameters :math:`(\\Lambda, 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..families.base import VariationalFamily
@@ -97,7 +95,7 @@ class NaturalGradientTrainer(Trainer):
         rho = self.base_lr * self.schedule.factor(self.step)
         output = self.optimizer.step(batch, scale, rho)
         if output is None:
-            self._bad_step(self._nonfinite_terms(batch, scale))
+            self._bad_step(self._nonfinite_terms())
             return None
         self.bad_in_a_row = 0
         if self.schedule.in_refine(self.step):
@@ -108,13 +106,9 @@ class NaturalGradientTrainer(Trainer):
         self.last_grad_norm = output.metrics.pop("grad_norm")
         return output
 
-    def _nonfinite_terms(self, batch: Any, scale: float) -> ObjectiveOutput:
-        """The log joint's terms at the current mean, to name the non-finite one in errors."""
-        with torch.no_grad():
-            joint = self.model.log_joint(self.optimizer.loc.unsqueeze(0), batch, scale)
-        metrics = {
-            "log_likelihood": joint.log_likelihood.sum(),
-            "log_prior": joint.log_prior.sum(),
-            "log_det_jacobian": joint.log_det_jacobian.sum(),
-        }
-        return ObjectiveOutput(loss=-joint.total.sum(), metrics=metrics)
+    def _nonfinite_terms(self) -> ObjectiveOutput:
+        """The log joint's terms from the failed step, so the error can name the bad one."""
+        terms = self.optimizer.last_terms
+        nan = torch.tensor(float("nan"))
+        total = sum(terms.values(), torch.zeros(())) if terms else nan
+        return ObjectiveOutput(loss=-total, metrics=dict(terms) or {"log_joint": nan})
