@@ -112,8 +112,7 @@ def gaussian_kl(loc: torch.Tensor, cov: torch.Tensor, ref: MultivariateNormal) -
 SVI_TORCH_METHODS: dict[str, dict] = {
     "svi_torch default (ngvi+laplace)": {},
     "svi_torch ngvi, init=prior": {"optimizer": "ngvi", "init": "prior"},
-    "svi_torch adam defaults (laplace)": {"optimizer": "adam"},
-    "svi_torch adam, init=prior": {"optimizer": "adam", "init": "prior"},
+    "svi_torch adam defaults": {"optimizer": "adam"},
 }
 
 
