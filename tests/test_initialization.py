@@ -66,6 +66,7 @@ def test_map_init_moves_only_the_mean(uncentred_regression):
     torch.testing.assert_close(family.diag_scale.detach(), before)
 
 
+@pytest.mark.slow
 def test_laplace_on_logistic_regression_is_within_half_a_nat_of_the_final_fit():
     X, y, _ = logistic_data(2000, 5, correlation=0.5, seed=0)
     model = BayesianLogisticRegression(X, y)
@@ -90,6 +91,7 @@ def test_laplace_on_logistic_regression_is_within_half_a_nat_of_the_final_fit():
         assert ((laplace.loc - fitted.loc).abs() / sd).max().item() < 0.3
 
 
+@pytest.mark.slow
 def test_default_fit_starts_from_laplace_and_reaches_the_posterior():
     X, y, _ = regression_data(2000, 3, correlation=0.6, seed=1)
     model = BayesianLinearRegression(X, y, noise_scale=1.0, prior_scale=1.0)

@@ -69,6 +69,7 @@ def test_ngvi_reaches_the_posterior_within_2000_minibatch_steps(correlated_regre
     assert kl < 0.01, f"KL(q||p) = {kl:.4f} nats after {result.steps} steps"
 
 
+@pytest.mark.slow
 def test_meanfield_ngvi_converges_to_inverse_precision_diagonal(correlated_regression):
     model = correlated_regression
     family = MeanFieldGaussian(model.dim)
@@ -157,11 +158,13 @@ def test_ngvi_resume_matches_uninterrupted_run(tmp_path, correlated_regression):
         assert torch.equal(value, final.state_dict()[key]), key
 
 
+@pytest.mark.slow
 def test_stop_rule_fires_and_reports_its_reason(correlated_regression):
     model = correlated_regression
     family = FullRankGaussian(model.dim)
+    monitor = st.training.ConvergenceMonitor(window=250, patience=3)
     result = st.fit(
-        model, family, optimizer="ngvi", batch_size=64, steps=8000, convergence=True, seed=0
+        model, family, optimizer="ngvi", batch_size=64, steps=8000, convergence=monitor, seed=0
     )
     assert result.steps < 8000
     assert result.stop_reason.startswith("converged")
