@@ -255,19 +255,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="peer step cap")
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument(
+        "--large", action="store_true", help="add N=1e4, D=100 (slow: 100 Hessian passes a step)"
+    )
+    parser.add_argument(
+        "--only", type=int, nargs="*", default=None, help="indices of the problems to run"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
         problems = [conjugate_problem(1000, 5, 1e2)]
         budgets, max_steps = [100, 300, 1000], args.max_steps or 1000
     else:
-        problems = [
-            conjugate_problem(1000, 5, 1.0),
-            conjugate_problem(10_000, 20, 1e2),
-            conjugate_problem(100_000, 5, 1e4),
-            conjugate_problem(10_000, 100, 1e3),
-            logistic_problem(100_000, 50),
+        makers = [
+            lambda: conjugate_problem(1000, 5, 1.0),
+            lambda: conjugate_problem(10_000, 20, 1e2),
+            lambda: conjugate_problem(100_000, 5, 1e4),
+            lambda: logistic_problem(100_000, 50),
         ]
+        if args.large:
+            makers.append(lambda: conjugate_problem(10_000, 100, 1e3))
+        chosen = range(len(makers)) if args.only is None else args.only
+        problems = [makers[i]() for i in chosen]
         budgets, max_steps = [100, 300, 1000, 2000], args.max_steps or 2000
     skip_numpyro = numpyro_available()
     command = "python benchmarks/convergence.py " + " ".join(sys.argv[1:] if argv is None else argv)
