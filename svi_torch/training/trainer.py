@@ -185,6 +185,11 @@ class Trainer:
 
     def _build_optimizer(self) -> Any:
         name = "adam" if self.config.optimizer == "auto" else self.config.optimizer
+        if isinstance(name, str) and name.lower() == "ngvi":
+            raise ValueError(
+                "optimizer='ngvi' runs in training.ngvi_trainer.NaturalGradientTrainer; "
+                "call fit(...) or build that trainer instead of Trainer"
+            )
         return make_optimizer(name, self.params, self.base_lr, dict(self.config.optimizer_kwargs))
 
     def _current_lr(self) -> float:
