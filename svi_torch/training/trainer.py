@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..data import MinibatchStream
 from ..families.base import VariationalFamily
+from ..initialization import initialize
 from ..models.base import Model
 from ..objectives.base import Objective, ObjectiveOutput
 from ..objectives.elbo import ELBO
@@ -54,7 +55,7 @@ class TrainConfig:
     steps: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
-    optimizer: str = "adam"
+    optimizer: str = "auto"
     lr: float | None = None
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     lr_schedule: str | Callable[[int, int], float] = "auto"
@@ -69,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     resume: bool = False
     max_bad_steps: int = 20
+    init: str = "auto"
 
 
 def _optimizer_names() -> dict[str, str]:
@@ -93,7 +95,10 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """``torch.optim`` optimizer by case-insensitive name (``"adam"``, ``"SGD"``, ...)."""
     if not isinstance(name, str) or name.lower() not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}")
+        raise ValueError(
+            f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}, or 'ngvi' "
+            "(natural-gradient Gaussian VI)"
+        )
     cls = getattr(torch.optim, _OPTIMIZERS[name.lower()])
     try:
         return cls(params, lr=lr, **kwargs)
@@ -148,15 +153,17 @@ class Trainer:
             steps_per_epoch = self.stream.steps_per_epoch
         self.total_steps = _total_steps(config, steps_per_epoch)
         self.params = [p for p in [*family.parameters(), *model.parameters()] if p.requires_grad]
+        self.init_info = None
+        if not (config.resume and config.checkpoint_path and Path(config.checkpoint_path).exists()):
+            init = self._auto_init() if config.init == "auto" else config.init
+            self.init_info = initialize(model, family, init)
         if self.dist.active:
             broadcast_parameters(self.params)
-        lr = DEFAULT_LR if config.lr is None else config.lr
+        lr = self._default_lr() if config.lr is None else config.lr
         if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.base_lr = float(lr)
-        self.optimizer = make_optimizer(
-            config.optimizer, self.params, self.base_lr, dict(config.optimizer_kwargs)
-        )
+        self.optimizer: Any = self._build_optimizer()
         self.schedule = LRSchedule(config.lr_schedule, self.total_steps, config.average_from)
         self.average = IterateAverage()
         if isinstance(config.convergence, ConvergenceMonitor):
@@ -177,6 +184,30 @@ class Trainer:
         self._wall_time = 0.0
         if config.resume:
             self._resume()
+
+    def _default_lr(self) -> float:
+        return DEFAULT_LR
+
+    def _auto_init(self) -> str:
+        # Adam keeps the family as built: from a Laplace start its first, noise-driven steps
+        # (about lr per coordinate whatever the posterior scale) leave the optimum, and
+        # measured KLs were no better (see the README's convergence section).
+        return "prior"
+
+    def _build_optimizer(self) -> Any:
+        name = "adam" if self.config.optimizer == "auto" else self.config.optimizer
+        if isinstance(name, str) and name.lower() == "ngvi":
+            raise ValueError(
+                "optimizer='ngvi' runs in training.ngvi_trainer.NaturalGradientTrainer; "
+                "call fit(...) or build that trainer instead of Trainer"
+            )
+        return make_optimizer(name, self.params, self.base_lr, dict(self.config.optimizer_kwargs))
+
+    def _current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _apply_average(self) -> None:
+        self.average.copy_to(self.params)
 
     # -- one step --------------------------------------------------------------------
     def train_step(self) -> ObjectiveOutput | None:
@@ -221,7 +252,8 @@ class Trainer:
     def _bad_step(self, output: ObjectiveOutput) -> None:
         self.skipped_steps += 1
         self.bad_in_a_row += 1
-        self.optimizer.zero_grad(set_to_none=True)
+        if isinstance(self.optimizer, torch.optim.Optimizer):
+            self.optimizer.zero_grad(set_to_none=True)
         if self.bad_in_a_row >= self.config.max_bad_steps:
             bad_terms = [
                 k for k, v in output.metrics.items() if not bool(torch.isfinite(v).all())
@@ -286,7 +318,7 @@ class Trainer:
             return self.result()
         if self.monitor is not None and self.monitor.reason and self.schedule.finished(self.step):
             self.stop_reason = self.monitor.reason
-        self.average.copy_to(self.params)
+        self._apply_average()
         if config.checkpoint_path:
             self.save_checkpoint()
         return self.result()
@@ -311,7 +343,7 @@ class Trainer:
             metrics["elbo/smoothed"] = self.elbo_ema.item()
         if self.last_grad_norm is not None:
             metrics["grad/norm"] = self.last_grad_norm.item()
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["lr"] = self._current_lr()
         metrics["throughput/samples_per_s"] = rate * (self.stream.batch_size if self.stream else 1)
         metrics["throughput/steps_per_s"] = rate
         metrics["health/skipped_steps"] = float(self.skipped_steps)
@@ -421,9 +453,19 @@ def fit(
         steps: optimisation steps (default 5000 unless ``epochs`` is given).
         epochs: passes over the data, an alternative to ``steps``.
         batch_size: :math:`B` (default all data up to 256 points, else 128).
-        optimizer: a ``torch.optim`` optimizer name (default ``"adam"``).
-        lr: learning rate (default 1e-2).
+        optimizer: ``"auto"`` (default), ``"ngvi"`` or a ``torch.optim`` optimizer name
+            (``"adam"``, ...). ``"ngvi"`` is natural-gradient Gaussian VI
+            (:mod:`~svi_torch.training.natural_gradient`) for Gaussian families: ``lr`` is
+            its initial step size :math:`\\rho_0` and ``optimizer_kwargs`` may set
+            ``num_particles`` and ``curvature``. ``"auto"`` picks ``"ngvi"`` when the family
+            is Gaussian, the model has no trainable parameters and neither ``objective`` nor
+            ``lr`` is given; otherwise Adam.
+        lr: learning rate (default 1e-2; for ``"ngvi"`` see ``default_step_size``).
         optimizer_kwargs: extra optimizer arguments.
+        init: ``"auto"`` (with ``ngvi``: Laplace for Gaussian families; with Adam and
+            other optimizers: the family as built),
+            ``"prior"`` (the family as built), ``"map"`` or ``"laplace"``; see
+            :func:`~svi_torch.initialization.initialize`.
         lr_schedule: ``"auto"`` (constant, then cosine decay with iterate averaging over the
             last ``1 - average_from`` of the run), ``"constant"``, ``"cosine"``, or a function
             ``(step, total) -> factor``.
@@ -455,7 +497,12 @@ def fit(
             f"{sorted(TrainConfig.__dataclass_fields__)}"
         )
     config = TrainConfig(**settings)
-    return Trainer(model, family, objective, config, loggers, callbacks).run()
+    from .ngvi_trainer import NaturalGradientTrainer, use_natural_gradient
+
+    trainer_class = Trainer
+    if use_natural_gradient(config, model, family, objective):
+        trainer_class = NaturalGradientTrainer
+    return trainer_class(model, family, objective, config, loggers, callbacks).run()
 
 
 def _check_compatible(model: Model, family: VariationalFamily) -> None:
