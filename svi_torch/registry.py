@@ -112,6 +112,7 @@ def _register_builtins() -> None:
         "logistic_regression", models.BayesianLogisticRegression, "Bayesian logistic regression"
     )
     MODELS.add("eight_schools", models.EightSchools, "eight schools, non-centered hierarchical")
+    MODELS.add("bnn", models.BayesianNeuralNetwork, "one-hidden-layer Bayesian neural network")
     OBJECTIVES.add(
         "elbo", objectives.ELBO, "reparameterized ELBO (reparam or sticking-the-landing)"
     )

@@ -1,6 +1,7 @@
 """Bayesian models: named constrained parameters, a log prior and a minibatch likelihood."""
 
 from .base import ConjugateModel, LogJoint, Model, ParamSpec
+from .bnn import BayesianNeuralNetwork, bnn_data
 from .conjugate import BayesianLinearRegression, NormalMean
 from .glm import BayesianLogisticRegression
 from .hierarchical import EightSchools
@@ -15,6 +16,8 @@ __all__ = [
     "BayesianLinearRegression",
     "BayesianLogisticRegression",
     "EightSchools",
+    "BayesianNeuralNetwork",
+    "bnn_data",
     "normal_mean_data",
     "regression_data",
     "logistic_data",
