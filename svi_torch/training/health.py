@@ -131,6 +131,12 @@ class HealthGuard:
         self._snapshot_step: int | None = None
 
     # -- called by the trainer -----------------------------------------------------------
+    def start(self, trainer: Any) -> None:
+        """At step 0: the initial state is the first candidate for a good state."""
+        if self._good is None and self._pending is None:
+            self._pending = _snapshot(trainer)
+            self._snapshot_step = trainer.step
+
     def record_good(self, trainer: Any) -> None:
         """After a finite step (``trainer.step`` already counts it)."""
         self.bad_in_a_row = 0

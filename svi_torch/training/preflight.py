@@ -8,13 +8,16 @@ check leaves no half-made directory behind.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_writable_dir", "check_checkpoint_settings", "MIN_FREE_BYTES"]
+import torch
+
+__all__ = ["check_writable_dir", "check_run_settings", "parse_device", "MIN_FREE_BYTES"]
 
 # Below this much free space a run cannot count on writing its checkpoints and events.
 MIN_FREE_BYTES = 16 * 2**20
@@ -66,8 +69,31 @@ def check_writable_dir(
         )
 
 
-def check_checkpoint_settings(config: Any) -> None:
-    """Validate the checkpoint, logging and history settings of a ``TrainConfig``."""
+def check_run_settings(config: Any) -> None:
+    """Validate the settings of a ``TrainConfig`` that nothing else checks before training.
+
+    Covers types and ranges of the seed, clipping, logging, checkpoint and history
+    settings, and that the checkpoint directory is writable with free space. (Steps,
+    batch size, learning rate, optimizer and schedule are checked where they are used,
+    also before the first step.)
+    """
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {config.seed!r}")
+    clip = config.clip_grad_norm
+    if clip is not None and (
+        isinstance(clip, bool)
+        or not isinstance(clip, int | float)
+        or not (math.isfinite(clip) and clip > 0)
+    ):
+        raise ValueError(f"clip_grad_norm must be a positive number or None, got {clip!r}")
+    if config.progress is not None and not isinstance(config.progress, bool):
+        raise TypeError(f"progress must be True, False or None, got {config.progress!r}")
+    if not isinstance(config.optimizer_kwargs, dict):
+        raise TypeError(
+            f"optimizer_kwargs must be a dict, got {type(config.optimizer_kwargs).__name__}"
+        )
+    if not isinstance(config.resume, bool):
+        raise TypeError(f"resume must be True or False, got {config.resume!r}")
     _positive_int("log_every", config.log_every)
     _positive_int("checkpoint_every", config.checkpoint_every, allow_none=True)
     _positive_int("keep_checkpoints", config.keep_checkpoints)
@@ -92,3 +118,36 @@ def check_checkpoint_settings(config: Any) -> None:
             f"'{target / 'checkpoint.pt'}'"
         )
     check_writable_dir(target.parent, "checkpoint directory")
+
+
+def parse_device(value: str | torch.device | None) -> torch.device | None:
+    """``torch.device`` from a setting, refusing devices this machine does not have.
+
+    Raises:
+        ValueError: for an unknown device name, or ``cuda``/``mps`` where unavailable.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str | torch.device):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {value!r}")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"unknown device {value!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={value!r} was requested but no CUDA device is available; use 'cpu'"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={value!r} was requested but there are only "
+                f"{torch.cuda.device_count()} CUDA device(s); use 'cuda:0'"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={value!r} was requested but MPS is not available; use 'cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {value!r}; use 'cpu', 'cuda' or 'mps'")
+    return device

@@ -29,7 +29,7 @@ from .convergence import ConvergenceMonitor
 from .health import HealthGuard, NonFiniteLossError
 from .history import thin_history
 from .logging import Logger
-from .preflight import check_checkpoint_settings
+from .preflight import check_run_settings, parse_device
 from .result import FitResult
 from .schedule import IterateAverage, LRSchedule
 from .signals import GracefulInterrupt
@@ -122,9 +122,9 @@ class Trainer:
         self.loggers = list(loggers)
         self.callbacks = list(callbacks)
         _check_compatible(model, family)
-        self.device = torch.device(config.device) if config.device is not None else None
+        check_run_settings(config)
+        self.device = parse_device(config.device)
         if self.device is not None:
-            _check_device(self.device)
             model.to(self.device)
             family.to(self.device)
         self.model, self.family = model, family
@@ -165,7 +165,6 @@ class Trainer:
         self.health = HealthGuard(
             config.max_bad_steps, config.max_recoveries, config.nan_lr_factor, config.snapshot_every
         )
-        check_checkpoint_settings(config)
         self.stop_reason = "max_steps"
         self.history: dict[str, list[float]] = {}
         self.elbo_ema: Tensor | None = None
@@ -240,6 +239,7 @@ class Trainer:
         config, interrupt = self.config, self._interrupt
         if self.step == 0:
             torch.manual_seed(config.seed)
+            self.health.start(self)
         bar = _progress_bar(config.progress, self.total_steps, self.step)
         start = time.perf_counter()
         last_log_time, last_log_step = start, self.step
@@ -511,13 +511,6 @@ def _check_compatible(model: Model, family: VariationalFamily) -> None:
             f"the family's parameters are {fam_dtype} but the model's data are {data_dtype}; "
             f"convert one, e.g. family.to({data_dtype})"
         )
-
-
-def _check_device(device: torch.device) -> None:
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but no CUDA device is available; use 'cpu'")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device='mps' was requested but MPS is not available; use 'cpu'")
 
 
 def _data_device(model: Model) -> torch.device:
