@@ -375,3 +375,142 @@ def test_memory_is_flat_over_1e5_steps():
     # Issue criterion: RSS at the end within 10% of RSS after 10^4 steps.
     assert report["rss_end"] <= 1.10 * report["rss_1e4"], report
     assert report["history_len"] <= report["max_history"]
+
+
+# -- property-based: malformed data and settings -----------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+DATA_DEFECTS = ["nan", "inf", "-inf", "mismatched", "empty", "bool", "complex", "text", "object"]
+DATA_DEFECTS += ["scalar_y", "matrix_y", "vector_X", "none"]
+
+
+def _malformed_data(defect: str, n: int, d: int, where: int, as_numpy: bool):
+    import numpy as np
+
+    X = np.random.default_rng(n * 7 + d).normal(size=(n, d))
+    y = X.sum(-1)
+    if defect in ("nan", "inf", "-inf"):
+        value = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[defect]
+        (X.reshape(-1) if where % 2 else y)[where % y.size] = value
+    elif defect == "mismatched":
+        y = y[: max(n - 1 - where % n, 0)] if where % 2 else np.concatenate([y, y[:1]])
+    elif defect == "empty":
+        X, y = X[:0], y[:0]
+    elif defect == "bool":
+        X = X > 0
+    elif defect == "complex":
+        y = y + 1j
+    elif defect == "text":
+        y = np.array([f"{v:.2f}" for v in y])
+    elif defect == "object":
+        X = [[object()] * d for _ in range(n)]
+    elif defect == "scalar_y":
+        y = np.float64(1.0)
+    elif defect == "matrix_y":
+        y = np.stack([y, y], -1)
+    elif defect == "vector_X":
+        X = X[:, 0]
+    elif defect == "none":
+        y = None
+    if not as_numpy:
+        X = torch.as_tensor(X) if isinstance(X, np.ndarray) and X.dtype != object else X
+    return X, y
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    defect=hs.sampled_from(DATA_DEFECTS),
+    n=hs.integers(1, 40),
+    d=hs.integers(1, 4),
+    where=hs.integers(0, 10**6),
+    as_numpy=hs.booleans(),
+)
+def test_malformed_data_always_gives_one_clear_error_and_no_run_directory(
+    tmp_path_factory, defect, n, d, where, as_numpy
+):
+    run_dir = tmp_path_factory.mktemp("data") / "run"
+    X, y = _malformed_data(defect, n, d, where, as_numpy)
+    with pytest.raises((ValueError, TypeError)) as info:
+        model = BayesianLinearRegression(X, y)
+        st.fit(model, MeanFieldGaussian(model.dim), steps=2, checkpoint_path=run_dir / "c.pt")
+    message = str(info.value)
+    assert message and "\n" not in message, message
+    assert not run_dir.exists()
+
+
+GOOD_SETTINGS = dict(steps=3, batch_size=8, lr=0.01, seed=0, log_every=1)
+BAD_VALUES = {
+    "steps": [0, -3, 2.5, "10", True],
+    "epochs": [0, -1, 1.5, "2"],
+    "batch_size": [0, -1, 10_000, 2.5, "8", True],
+    "optimizer": ["adamw2", 3, None, "", "lbfgs", "sparseadam"],
+    "lr": [0.0, -1.0, math.nan, math.inf, "0.1"],
+    "optimizer_kwargs": [[1, 2], "betas", {"betas": "x"}, {"nonsense": 1}],
+    "lr_schedule": ["linear", 3, ""],
+    "average_from": [1.0, -0.1, 2],
+    "clip_grad_norm": [0, -1.0, math.nan, "1"],
+    "convergence": ["yes", 3],
+    "seed": [-1, 1.5, "0", None],
+    "device": ["nonsense", "cuda:99", 3, "meta"],
+    "progress": ["no", 2],
+    "log_every": [0, -5, 1.5],
+    "checkpoint_every": [0, -1, 2.5],
+    "keep_checkpoints": [0, 1.5],
+    "resume": ["yes"],
+    "max_bad_steps": [0, 1.5],
+    "max_recoveries": [-1, 0.5],
+    "nan_lr_factor": [0.0, 1.5, math.nan, "0.5"],
+    "snapshot_every": [0, "10"],
+    "max_history": [0, 1, 2.5],
+    "unknown_key": [1],
+    "stepz": [10],
+}
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    bad=hs.dictionaries(
+        hs.sampled_from(sorted(BAD_VALUES)), hs.integers(0, 10**6), min_size=1, max_size=3
+    ),
+    with_checkpoint=hs.booleans(),
+)
+def test_malformed_settings_always_give_one_clear_error_and_no_run_directory(
+    tmp_path_factory, bad, with_checkpoint
+):
+    run_dir = tmp_path_factory.mktemp("settings") / "run"
+    model = _small_regression()
+    config = dict(GOOD_SETTINGS)
+    if with_checkpoint:
+        config["checkpoint_path"] = run_dir / "checkpoint.pt"
+    for key, index in bad.items():
+        values = BAD_VALUES[key]
+        config[key] = values[index % len(values)]
+    if "epochs" in bad:
+        config.pop("steps", None)  # epochs alone is valid; its value is the defect
+    if config.get("device") == "cuda:99" and torch.cuda.device_count() >= 100:
+        config["device"] = "nonsense"
+    with pytest.raises((ValueError, TypeError)) as info:
+        st.fit(model, MeanFieldGaussian(model.dim), **config)
+    message = str(info.value)
+    assert message and "\n" not in message, message
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [(k, v) for k, values in BAD_VALUES.items() for v in values]
+)
+def test_every_single_bad_setting_gives_one_clear_error(tmp_path, key, value):
+    """Each defect alone (the property test above mostly draws them in combination)."""
+    config = {**GOOD_SETTINGS, "checkpoint_path": tmp_path / "run" / "c.pt", key: value}
+    if key == "epochs":
+        config.pop("steps")
+    with pytest.raises((ValueError, TypeError)) as info:
+        model = _small_regression()
+        st.fit(model, MeanFieldGaussian(model.dim), **config)
+    assert str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()

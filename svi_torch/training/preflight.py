@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .convergence import ConvergenceMonitor
+
 __all__ = ["check_writable_dir", "check_run_settings", "parse_device", "MIN_FREE_BYTES"]
 
 # Below this much free space a run cannot count on writing its checkpoints and events.
@@ -86,6 +88,10 @@ def check_run_settings(config: Any) -> None:
         or not (math.isfinite(clip) and clip > 0)
     ):
         raise ValueError(f"clip_grad_norm must be a positive number or None, got {clip!r}")
+    if not isinstance(config.convergence, bool | ConvergenceMonitor):
+        raise TypeError(
+            f"convergence must be True, False or a ConvergenceMonitor, got {config.convergence!r}"
+        )
     if config.progress is not None and not isinstance(config.progress, bool):
         raise TypeError(f"progress must be True, False or None, got {config.progress!r}")
     if not isinstance(config.optimizer_kwargs, dict):

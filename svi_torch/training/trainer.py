@@ -90,6 +90,11 @@ def _optimizer_names() -> dict[str, str]:
 
 
 _OPTIMIZERS = _optimizer_names()
+# Names torch has but this loop cannot drive: they would fail at the first step, not here.
+_UNSUPPORTED = {
+    "lbfgs": "needs a closure that re-evaluates the loss, which minibatch SVI does not have",
+    "sparseadam": "needs sparse gradients; variational parameters have dense ones",
+}
 
 
 def make_optimizer(
@@ -98,6 +103,8 @@ def make_optimizer(
     """``torch.optim`` optimizer by case-insensitive name (``"adam"``, ``"SGD"``, ...)."""
     if not isinstance(name, str) or name.lower() not in _OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}")
+    if name.lower() in _UNSUPPORTED:
+        raise ValueError(f"optimizer {name!r} {_UNSUPPORTED[name.lower()]}; use 'adam' or 'sgd'")
     cls = getattr(torch.optim, _OPTIMIZERS[name.lower()])
     try:
         return cls(params, lr=lr, **kwargs)
