@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import svi_torch as st
+from svi_torch.data import MinibatchStream
 from svi_torch.families import FullRankGaussian, MeanFieldGaussian
 from svi_torch.models import BayesianLinearRegression, regression_data
 from svi_torch.objectives import ELBO
@@ -161,8 +162,12 @@ def test_checkpoint_holds_everything_needed_to_continue(tmp_path, model):
         assert key in state, key
     assert state["step"] == 250
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
-    # 200 points in batches of 32: 7 steps per epoch (the last one holds 8 points).
-    assert state["stream"] == {"epoch": 250 // 7, "position": (250 % 7) * 32}
+    # The data order position: where a fresh stream is after drawing 250 batches.
+    stream = MinibatchStream(200, 32, seed=3)
+    for _ in range(250):
+        stream.next_indices()
+    assert state["stream"] == {"epoch": stream.epoch, "position": stream.position}
+    assert state["stream"]["position"] > 0  # mid-epoch: the position matters
     assert state["optimizer"]["state"], "optimizer moments missing"
     assert state["average"]["count"] == 50  # averaging runs from step 200 (average_from=0.5)
 
