@@ -276,3 +276,14 @@ def test_full_disk_is_refused(tmp_path, monkeypatch, model):
 def test_checkpoint_path_that_is_a_directory_is_refused(tmp_path, model):
     with pytest.raises(ValueError, match="is a directory; give a file path"):
         st.fit(model, MeanFieldGaussian(model.dim), steps=5, checkpoint_path=tmp_path)
+
+
+def test_resume_removes_temporaries_of_a_killed_write(tmp_path, model):
+    path = tmp_path / "run.pt"
+    st.fit(model, MeanFieldGaussian(model.dim), steps=10, checkpoint_path=path)
+    stale = tmp_path / ".run.pt.abc123.tmp"
+    stale.write_bytes(b"PK half")
+    other = tmp_path / ".other.pt.abc123.tmp"  # another checkpoint's: not ours to delete
+    other.write_bytes(b"x")
+    st.fit(model, MeanFieldGaussian(model.dim), steps=20, checkpoint_path=path, resume=True)
+    assert not stale.exists() and other.exists()

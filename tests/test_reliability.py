@@ -322,6 +322,8 @@ def test_sigkill_at_random_step_then_resume_is_bit_for_bit_identical(
     code, lines, err = _run_child(tmp_path, 0, STEPS)
     assert code == 0, err
     _compare_with_reference(tmp_path, uninterrupted_run)
+    # A write cut short by the kill leaves a temporary file; the resumed run removed it.
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ __all__ = [
     "save_checkpoint",
     "save_rotating",
     "step_checkpoints",
+    "remove_stale_temporaries",
     "load_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
@@ -81,6 +82,23 @@ def step_checkpoints(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
             if match:
                 found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files a killed writer of ``path`` left behind; return them.
+
+    Only for a single writer per checkpoint (a resuming run): another process writing
+    the same checkpoint at the same time would lose its temporary file.
+    """
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for child in path.parent.iterdir():
+            name = child.name
+            if name.startswith(f".{path.name}.") and name.endswith((".tmp", ".link")):
+                child.unlink(missing_ok=True)
+                removed.append(child)
+    return removed
 
 
 def save_rotating(

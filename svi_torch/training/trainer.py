@@ -24,7 +24,13 @@ from ..families.base import VariationalFamily
 from ..models.base import Model
 from ..objectives.base import Objective, ObjectiveOutput
 from ..objectives.elbo import ELBO
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_rotating
+from .checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng_state,
+    save_rotating,
+)
 from .convergence import ConvergenceMonitor
 from .health import HealthGuard, NonFiniteLossError
 from .history import thin_history
@@ -397,6 +403,7 @@ class Trainer:
         path = self.config.checkpoint_path
         if path is None:
             raise ValueError("resume=True needs checkpoint_path")
+        remove_stale_temporaries(path)  # half-written files of a killed run
         if not Path(path).exists():
             return  # nothing to resume: a fresh run
         state = load_checkpoint(path)
