@@ -81,6 +81,33 @@ def test_nan_region_run_rolls_back_lowers_lr_and_converges():
     assert abs(sd_ratio - 1) < 0.1, sd_ratio
 
 
+def test_resume_after_a_recovery_keeps_the_lowered_lr_and_matches_uninterrupted(tmp_path):
+    x = normal_mean_data(200, true_mean=1.0, noise_scale=1.0, seed=0)
+    model = Cliff(x)
+    run = dict(optimizer="sgd", lr=0.012, batch_size=50, steps=300, seed=0, max_bad_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        reference = MeanFieldGaussian(1)
+        expected = st.fit(model, reference, ELBO(num_particles=4), **run)
+        ckpt = tmp_path / "run.pt"
+        trainer = Trainer(
+            model,
+            MeanFieldGaussian(1),
+            ELBO(num_particles=4),
+            TrainConfig(**run, checkpoint_path=ckpt),
+        )
+        trainer.run(stop_at=150)
+        assert trainer.health.recoveries == 1 and trainer.base_lr == pytest.approx(0.006)
+        resumed = MeanFieldGaussian(1)
+        result = st.fit(
+            model, resumed, ELBO(num_particles=4), **run, checkpoint_path=ckpt, resume=True
+        )
+    assert result.skipped_steps == expected.skipped_steps
+    assert result.history["lr"] == expected.history["lr"]
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
 class NaNAfter:
     """Turns a term NaN from its ``start``-th evaluation on (one evaluation per step)."""
 
