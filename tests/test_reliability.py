@@ -250,6 +250,16 @@ def test_signal_writes_checkpoint_returns_and_resume_matches_uninterrupted(tmp_p
     name = signal.Signals(signum).name
     assert result.stop_reason.startswith(f"interrupted by {name} at step 120")
     assert result.steps == 120 and load_checkpoint(ckpt)["step"] == 120
+    trainer = Trainer(
+        model,
+        FullRankGaussian(model.dim),
+        ELBO(num_particles=2),
+        TrainConfig(**RUN),
+        callbacks=[SignalAt(20, signum)],
+    )
+    assert trainer.interrupted_by is None
+    trainer.run()
+    assert trainer.interrupted_by == signum and trainer.step == 20
     assert signal.getsignal(signum) is before  # the caller's handler is back
 
     resumed = FullRankGaussian(model.dim)

@@ -248,6 +248,15 @@ class Trainer:
         with GracefulInterrupt() as self._interrupt:
             return self._run(stop_at)
 
+    @property
+    def interrupted_by(self) -> int | None:
+        """The signal (``signal.SIGINT``/``SIGTERM``) that paused the last run, or None.
+
+        A command line exits with ``128 + interrupted_by`` after such a pause.
+        """
+        interrupt = getattr(self, "_interrupt", None)
+        return interrupt.signum if interrupt is not None else None
+
     def _run(self, stop_at: int | None) -> FitResult:
         config, interrupt = self.config, self._interrupt
         if self.step == 0:
