@@ -239,4 +239,10 @@ def _restore(trainer: Any, snapshot: Mapping[str, Any]) -> None:
     # load_state_dict copies the moments into the live optimizer; the snapshot stays intact.
     trainer.optimizer.load_state_dict(_clone(snapshot["optimizer"]))
     trainer.average.load_state_dict(snapshot["average"])
-    trainer.optimizer.zero_grad(set_to_none=True)
+    # Not every optimizer is a torch.optim.Optimizer (natural-gradient VI updates in place).
+    zero_grad = getattr(trainer.optimizer, "zero_grad", None)
+    if zero_grad is not None:
+        zero_grad(set_to_none=True)
+    else:
+        for p in trainer.params:
+            p.grad = None
