@@ -2,6 +2,7 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .convergence import ConvergenceMonitor
+from .health import HealthGuard
 from .logging import Logger, MemoryLogger, TensorBoardLogger
 from .result import FitResult, estimate_elbo
 from .schedule import IterateAverage, LRSchedule
@@ -15,6 +16,7 @@ __all__ = [
     "FitResult",
     "estimate_elbo",
     "NonFiniteLossError",
+    "HealthGuard",
     "ConvergenceMonitor",
     "LRSchedule",
     "IterateAverage",
