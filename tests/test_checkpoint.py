@@ -200,7 +200,7 @@ def test_convergence_stop_reason_survives_a_resume(tmp_path, model):
 def test_resumed_tensorboard_events_have_no_duplicates_or_gaps(tmp_path, model):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    settings = dict(steps=200, batch_size=32, seed=1, log_every=10)
+    settings = dict(steps=200, batch_size=32, seed=1, log_every=10, optimizer="adam")
     ref_dir, run_dir, path = tmp_path / "ref", tmp_path / "run", tmp_path / "run.pt"
     st.fit(
         model,
