@@ -6,10 +6,11 @@ from .health import HealthGuard
 from .logging import Logger, MemoryLogger, TensorBoardLogger
 from .result import FitResult, estimate_elbo
 from .schedule import IterateAverage, LRSchedule
-from .trainer import Callback, NonFiniteLossError, TrainConfig, Trainer, fit
+from .trainer import Callback, NonFiniteLossError, TrainConfig, Trainer, fit, make_trainer
 
 __all__ = [
     "fit",
+    "make_trainer",
     "Trainer",
     "TrainConfig",
     "Callback",

@@ -42,7 +42,7 @@ from .result import FitResult
 from .schedule import IterateAverage, LRSchedule
 from .signals import GracefulInterrupt
 
-__all__ = ["fit", "Trainer", "TrainConfig", "Callback", "NonFiniteLossError"]
+__all__ = ["fit", "make_trainer", "Trainer", "TrainConfig", "Callback", "NonFiniteLossError"]
 
 DEFAULT_STEPS = 5000
 DEFAULT_LR = 1e-2
@@ -602,12 +602,26 @@ def fit(
             f"{sorted(TrainConfig.__dataclass_fields__)}"
         )
     config = TrainConfig(**settings)
+    return make_trainer(model, family, objective, config, loggers, callbacks).run()
+
+
+def make_trainer(
+    model: Model,
+    family: VariationalFamily,
+    objective: Objective | None = None,
+    config: TrainConfig | None = None,
+    loggers: Sequence[Logger] = (),
+    callbacks: Sequence[Any] = (),
+) -> Trainer:
+    """The trainer ``fit`` would use: natural-gradient VI when ``optimizer`` resolves to
+    ``"ngvi"`` (see :func:`fit`), the stochastic-gradient :class:`Trainer` otherwise."""
     from .ngvi_trainer import NaturalGradientTrainer, use_natural_gradient
 
+    config = config or TrainConfig()
     trainer_class = Trainer
     if use_natural_gradient(config, model, family, objective):
         trainer_class = NaturalGradientTrainer
-    return trainer_class(model, family, objective, config, loggers, callbacks).run()
+    return trainer_class(model, family, objective, config, loggers, callbacks)
 
 
 def _grad_norm(grads: list[Tensor]) -> Tensor:
