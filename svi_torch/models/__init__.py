@@ -5,6 +5,7 @@ from .conjugate import BayesianLinearRegression, NormalMean
 from .glm import BayesianLogisticRegression
 from .hierarchical import EightSchools
 from .synthetic import correlated_features, logistic_data, normal_mean_data, regression_data
+from .targets import CorrelatedGaussianTarget, DensityTarget, GaussianMixtureTarget
 
 __all__ = [
     "Model",
@@ -19,4 +20,7 @@ __all__ = [
     "regression_data",
     "logistic_data",
     "correlated_features",
+    "DensityTarget",
+    "GaussianMixtureTarget",
+    "CorrelatedGaussianTarget",
 ]
