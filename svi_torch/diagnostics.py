@@ -31,7 +31,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from pyro.ops.stats import fit_generalized_pareto
 from torch import Tensor
 
 from .data import Batch
@@ -125,6 +124,8 @@ def psis_khat(log_weights: Tensor) -> KHat:
     exceedances = torch.exp(ordered[-tail_size:]) - torch.exp(threshold)
     if exceedances.max() <= 0:
         return KHat(-math.inf, "good", tail_size)
+    from pyro.ops.stats import fit_generalized_pareto  # deferred: importing pyro is slow
+
     khat, _ = fit_generalized_pareto(exceedances)
     khat = float(khat)
     return KHat(khat, khat_reading(khat), tail_size)

@@ -128,9 +128,7 @@ def _register_issue4() -> None:
     OBJECTIVES.add(
         "forward_kl", objectives.ForwardKL, "forward KL(p||q) fit for targets that can be sampled"
     )
-    MODELS.add(
-        "mixture_target", models.GaussianMixtureTarget, "Gaussian mixture density (no data)"
-    )
+    MODELS.add("mixture_target", models.GaussianMixtureTarget, "Gaussian mixture density (no data)")
     MODELS.add(
         "correlated_gaussian",
         models.CorrelatedGaussianTarget,
