@@ -7,8 +7,18 @@
 >>> result = st.fit(model, family, steps=1000)  # doctest: +SKIP
 """
 
-from . import data, families, models, objectives, training
+from . import data, diagnostics, divergences, families, models, objectives, training
 from .training import FitResult, fit
 
-__all__ = ["fit", "FitResult", "families", "models", "objectives", "training", "data"]
+__all__ = [
+    "fit",
+    "FitResult",
+    "families",
+    "models",
+    "objectives",
+    "training",
+    "data",
+    "divergences",
+    "diagnostics",
+]
 __version__ = "0.1.0"

@@ -131,6 +131,28 @@ def _register_builtins() -> None:
     OBJECTIVES.add(
         "elbo", objectives.ELBO, "reparameterized ELBO (reparam or sticking-the-landing)"
     )
+    _register_issue4()
+
+
+def _register_issue4() -> None:
+    """Objectives beyond the ELBO, density-only targets and the KL/estimator studies."""
+    from . import models, objectives
+    from .studies import estimators, kl_asymmetry, meanfield
+
+    OBJECTIVES.add("iwae", objectives.IWAE, "importance-weighted bound (reparam or DReG gradient)")
+    OBJECTIVES.add("renyi", objectives.RenyiELBO, "variational Renyi bound of order alpha")
+    OBJECTIVES.add(
+        "forward_kl", objectives.ForwardKL, "forward KL(p||q) fit for targets that can be sampled"
+    )
+    MODELS.add("mixture_target", models.GaussianMixtureTarget, "Gaussian mixture density (no data)")
+    MODELS.add(
+        "correlated_gaussian",
+        models.CorrelatedGaussianTarget,
+        "2-D Gaussian density with correlation rho (no data)",
+    )
+    STUDIES.add("kl-asymmetry", kl_asymmetry.run, "reverse vs forward KL fit to a bimodal target")
+    STUDIES.add("meanfield", meanfield.run, "mean-field variance (1 - rho^2) sigma^2 against rho")
+    STUDIES.add("estimators", estimators.run, "gradient variance and KL at equal wall time")
 
 
 _register_builtins()

@@ -9,6 +9,7 @@ from .hierarchical import EightSchools
 from .latent import LocalLatentModel, estimate_local_elbo
 from .ppca import ProbabilisticPCA, ppca_data, ppca_maximum_likelihood
 from .synthetic import correlated_features, logistic_data, normal_mean_data, regression_data
+from .targets import CorrelatedGaussianTarget, DensityTarget, GaussianMixtureTarget
 from .timeseries import AutoRegressive
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "logistic_data",
     "correlated_features",
     "PyroModel",
+    "DensityTarget",
+    "GaussianMixtureTarget",
+    "CorrelatedGaussianTarget",
 ]
 
 

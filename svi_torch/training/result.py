@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..families.base import VariationalFamily
 from ..models.base import Model
+
+if TYPE_CHECKING:
+    from ..diagnostics import Diagnostics
 
 __all__ = ["FitResult", "estimate_elbo"]
 
@@ -69,6 +73,16 @@ class FitResult:
     def elbo(self, num_samples: int = 1000) -> tuple[float, float]:
         """Full-data ELBO estimate and its standard error; see :func:`estimate_elbo`."""
         return estimate_elbo(self.model, self.family, num_samples)
+
+    def diagnose(self, num_samples: int = 2000, seed: int | None = None) -> Diagnostics:
+        """PSIS k-hat with its reading, importance-weighted log p(D) ± se and ELBO ± se.
+
+        See :func:`svi_torch.diagnostics.diagnose`; ``.as_dict()`` gives the
+        ``diagnostics/khat`` and ``diagnostics/log_evidence_iw`` scalars to log.
+        """
+        from ..diagnostics import diagnose  # deferred: diagnostics imports the objectives
+
+        return diagnose(self.model, self.family, num_samples, seed)
 
 
 def estimate_elbo(

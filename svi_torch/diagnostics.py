@@ -1,0 +1,297 @@
+"""Can this fit be trusted? PSIS k-hat, importance-weighted evidence and gradient noise.
+
+Everything starts from the log importance weights of draws :math:`z_s \\sim q`,
+
+.. math::
+
+    \\log w_s = \\log p(z_s, D) - \\log q(z_s), \\qquad s = 1, \\dots, S,
+
+on the full data (for a density-only target, :math:`\\log p` is its unnormalised density).
+
+* **PSIS** :math:`\\hat k` (Yao et al. 2018, "Yes, but did it work?"): the shape of a
+  generalized Pareto distribution fitted to the largest :math:`M = \\min(S/5, 3\\sqrt S)`
+  weights (Vehtari et al., Pareto smoothed importance sampling). The variance of the weights
+  is finite only for :math:`k < 1/2`; a heavy tail means ``q`` misses mass of the posterior.
+  Reading: :math:`\\hat k < 0.5` good, :math:`0.5 \\le \\hat k \\le 0.7` ok (usable, with care),
+  :math:`\\hat k > 0.7` bad (``q`` is unreliable for expectations and as a proposal).
+* **Importance-weighted evidence**
+  :math:`\\log \\hat p(D) = \\log \\frac1S\\sum_s w_s` (the :math:`K = S` IWAE bound; a lower
+  bound in expectation that tightens with :math:`S`), with the delta-method standard error
+  :math:`\\mathrm{se} \\approx \\hat\\sigma_w / (\\bar w \\sqrt S)`.
+* **Gradient variance and signal-to-noise ratio** of an objective's gradient at the current
+  variational parameters, over repeated draws on one batch: per parameter
+  :math:`\\mathrm{SNR}_j = |\\mathbb{E}[g_j]| / \\mathrm{sd}(g_j)`. At the exact posterior the
+  sticking-the-landing gradient has zero variance and the plain reparameterized one does not
+  (Roeder et al. 2017).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .data import Batch
+from .families.base import VariationalFamily
+from .models.base import Model
+from .objectives.base import Objective
+
+__all__ = [
+    "KHat",
+    "GradientStats",
+    "Diagnostics",
+    "log_importance_weights",
+    "psis_khat",
+    "khat_reading",
+    "log_evidence_iw",
+    "gradient_variance",
+    "diagnose",
+]
+
+GOOD_KHAT = 0.5
+OK_KHAT = 0.7
+
+
+@dataclass(frozen=True)
+class KHat:
+    """The PSIS Pareto shape :math:`\\hat k`, its reading and the tail size used."""
+
+    value: float
+    reading: str
+    tail_size: int
+
+
+def khat_reading(khat: float) -> str:
+    """``"good"`` (:math:`\\hat k < 0.5`), ``"ok"`` (:math:`0.5 \\le \\hat k \\le 0.7`) or ``"bad"``."""
+    if khat < GOOD_KHAT:
+        return "good"
+    if khat <= OK_KHAT:
+        return "ok"
+    return "bad"
+
+
+def log_importance_weights(
+    model: Model, family: VariationalFamily, num_samples: int = 2000, chunk: int = 500
+) -> Tensor:
+    """:math:`\\log w_s = \\log p(z_s, D) - \\log q(z_s)` for :math:`z_s \\sim q`, full data, float64."""
+    _check_int(num_samples, "num_samples", minimum=2)
+    pieces = []
+    with torch.no_grad():
+        for start in range(0, num_samples, chunk):
+            n = min(chunk, num_samples - start)
+            z, log_q = family.rsample_and_log_prob((n,))
+            pieces.append(model.log_joint(z).total - log_q)
+    log_w = torch.cat(pieces).double()
+    if log_w.dim() != 1:
+        raise ValueError(
+            "diagnostics need one log weight per draw; amortized families (one q per data "
+            "point) are not supported here"
+        )
+    return log_w
+
+
+def psis_khat(log_weights: Tensor) -> KHat:
+    """Pareto shape :math:`\\hat k` of the upper tail of the importance weights.
+
+    Fits a generalized Pareto distribution (``pyro.ops.stats.fit_generalized_pareto``, the
+    Zhang & Stephens estimator) to the exceedances :math:`w_{(S-M+i)} - w_{(S-M)}` of the
+    :math:`M = \\lceil\\min(S/5, 3\\sqrt S)\\rceil` largest weights over the next largest one.
+
+    Args:
+        log_weights: :math:`\\log w_s`, shape ``(S,)``, :math:`S \\ge 25` finite values.
+
+    Returns:
+        :class:`KHat`. Constant weights (``q`` equal to the posterior up to rounding) give
+        :math:`\\hat k = -\\infty`, a bounded tail, read ``"good"``.
+    """
+    log_weights = torch.as_tensor(log_weights).detach().double()
+    if log_weights.dim() != 1:
+        raise ValueError(f"log_weights must be a vector (S,), got shape {tuple(log_weights.shape)}")
+    num = log_weights.shape[0]
+    if num < 25:
+        raise ValueError(f"PSIS needs at least 25 importance weights, got {num}; draw more")
+    if not torch.all(torch.isfinite(log_weights)):
+        raise ValueError(
+            "log_weights contain NaN/Inf: q puts mass where log p(z, D) is -inf or undefined"
+        )
+    tail_size = math.ceil(min(0.2 * num, 3 * math.sqrt(num)))
+    # Work with w / max(w) so that exp never overflows; the GPD shape is scale-free.
+    ordered = torch.sort(log_weights).values
+    ordered = ordered - ordered[-1]
+    threshold = ordered[-tail_size - 1]
+    exceedances = torch.exp(ordered[-tail_size:]) - torch.exp(threshold)
+    if exceedances.max() <= 0:
+        return KHat(-math.inf, "good", tail_size)
+    from pyro.ops.stats import fit_generalized_pareto  # deferred: importing pyro is slow
+
+    khat, _ = fit_generalized_pareto(exceedances)
+    khat = float(khat)
+    return KHat(khat, khat_reading(khat), tail_size)
+
+
+def log_evidence_iw(log_weights: Tensor) -> tuple[float, float]:
+    """:math:`\\log\\frac1S\\sum_s w_s` and its delta-method standard error.
+
+    With :math:`\\hat p = \\bar w`, :math:`\\mathrm{Var}(\\log \\hat p) \\approx
+    \\mathrm{Var}(\\hat p)/\\hat p^2 = \\hat\\sigma_w^2 / (S \\bar w^2)`. The estimate is biased
+    low by about :math:`\\mathrm{se}^2/2` (Jensen); the bias is ignored in the error bar,
+    which is only meaningful when :math:`\\hat k` is good.
+    """
+    log_weights = torch.as_tensor(log_weights).detach().double()
+    num = log_weights.shape[0]
+    value = torch.logsumexp(log_weights, 0) - math.log(num)
+    scaled = torch.exp(log_weights - log_weights.max())
+    stderr = scaled.std() / (scaled.mean() * math.sqrt(num))
+    return value.item(), stderr.item()
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    """Mean, variance and SNR of a stochastic gradient, one entry per scalar parameter.
+
+    Attributes:
+        mean: :math:`\\hat{\\mathbb{E}}[g_j]`.
+        variance: :math:`\\widehat{\\mathrm{Var}}[g_j]` (unbiased, over ``num_repeats`` draws).
+        names: ``"param_name[i]"`` for each entry.
+        num_repeats: independent gradient draws used.
+    """
+
+    mean: Tensor
+    variance: Tensor
+    names: list[str]
+    num_repeats: int
+
+    @property
+    def snr(self) -> Tensor:
+        """:math:`|\\hat{\\mathbb{E}}[g_j]| / \\widehat{\\mathrm{sd}}[g_j]` (inf where the variance is 0)."""
+        return self.mean.abs() / self.variance.sqrt()
+
+    @property
+    def total_variance(self) -> float:
+        """:math:`\\sum_j \\mathrm{Var}[g_j]`, the trace of the gradient covariance."""
+        return self.variance.sum().item()
+
+    @property
+    def mean_snr(self) -> float:
+        """Average SNR over parameters with non-zero mean."""
+        snr = self.snr[self.mean != 0]
+        return snr.mean().item() if snr.numel() else math.nan
+
+
+def gradient_variance(
+    objective: Objective,
+    family: VariationalFamily,
+    model: Model,
+    batch: Batch | None = None,
+    num_repeats: int = 200,
+    likelihood_scale: float | None = None,
+    seed: int | None = None,
+) -> GradientStats:
+    """Statistics of :math:`g = \\nabla_\\phi \\mathrm{loss}` over ``num_repeats`` fresh draws.
+
+    The parameters and the batch stay fixed (``batch=None`` = full data); only the
+    particles change. The family's ``.grad`` fields are left untouched.
+
+    Example:
+        >>> stats = gradient_variance(ELBO(gradient="stl"), family, model)  # doctest: +SKIP
+        >>> stats.total_variance, stats.mean_snr  # doctest: +SKIP
+    """
+    _check_int(num_repeats, "num_repeats", minimum=2)
+    named = [(n, p) for n, p in family.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the family has no trainable parameters")
+    params = [p for _, p in named]
+    names = [f"{n}[{i}]" for n, p in named for i in range(p.numel())]
+    rows = []
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for _ in range(num_repeats):
+            loss = objective(family, model, batch, likelihood_scale).loss
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(grads, params, strict=True)
+                    ]
+                )
+            )
+    draws = torch.stack(rows).double()
+    return GradientStats(draws.mean(0), draws.var(0), names, num_repeats)
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """What :func:`diagnose` (and ``FitResult.diagnose``) report about a fitted ``q``.
+
+    Attributes:
+        khat: PSIS :math:`\\hat k`.
+        reading: ``"good"``, ``"ok"`` or ``"bad"`` (see :func:`khat_reading`).
+        log_evidence_iw: :math:`\\log\\frac1S\\sum_s w_s`, an estimate of :math:`\\log p(D)`.
+        log_evidence_iw_se: its delta-method standard error.
+        elbo: :math:`\\frac1S\\sum_s \\log w_s` from the same draws.
+        elbo_se: its standard error :math:`\\hat\\sigma/\\sqrt S`.
+        num_samples: :math:`S`.
+    """
+
+    khat: float
+    reading: str
+    log_evidence_iw: float
+    log_evidence_iw_se: float
+    elbo: float
+    elbo_se: float
+    num_samples: int
+
+    def as_dict(self) -> dict[str, float]:
+        """Scalars to log, named ``diagnostics/...`` (TensorBoard tags, metrics.json keys)."""
+        return {
+            "diagnostics/khat": self.khat,
+            "diagnostics/log_evidence_iw": self.log_evidence_iw,
+            "diagnostics/log_evidence_iw_se": self.log_evidence_iw_se,
+            "diagnostics/elbo": self.elbo,
+            "diagnostics/elbo_se": self.elbo_se,
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"PSIS k-hat = {self.khat:.3f} ({self.reading}); "
+            f"log p(D) ≈ {self.log_evidence_iw:.4f} ± {self.log_evidence_iw_se:.2g} "
+            f"(importance-weighted, S={self.num_samples}); "
+            f"ELBO = {self.elbo:.4f} ± {self.elbo_se:.2g}"
+        )
+
+
+def diagnose(
+    model: Model, family: VariationalFamily, num_samples: int = 2000, seed: int | None = None
+) -> Diagnostics:
+    """PSIS :math:`\\hat k`, importance-weighted :math:`\\log p(D)` and the ELBO from one set of draws.
+
+    Example:
+        >>> diagnose(result.model, result.family, num_samples=4000).reading  # doctest: +SKIP
+        'good'
+    """
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        log_w = log_importance_weights(model, family, num_samples)
+    khat = psis_khat(log_w)
+    value, stderr = log_evidence_iw(log_w)
+    return Diagnostics(
+        khat=khat.value,
+        reading=khat.reading,
+        log_evidence_iw=value,
+        log_evidence_iw_se=stderr,
+        elbo=log_w.mean().item(),
+        elbo_se=(log_w.std() / math.sqrt(num_samples)).item(),
+        num_samples=num_samples,
+    )
+
+
+def _check_int(value: object, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
