@@ -17,7 +17,7 @@ import torch
 from torch.distributions import Normal
 
 import svi_torch as st
-from svi_torch.divergences import forward_kl, kl_normal, reverse_kl
+from svi_torch.divergences import forward_kl, reverse_kl
 from svi_torch.models.targets import CorrelatedGaussianTarget, GaussianMixtureTarget
 
 torch.manual_seed(0)
