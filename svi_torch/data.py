@@ -123,6 +123,11 @@ def load_data(path: str | Path, columns: list[str] | None = None) -> dict[str, n
 class MinibatchStream:
     """Per-epoch shuffled minibatches of indices, :math:`O(B)` work per step.
 
+    Every batch has exactly ``batch_size`` points: the ``N mod B`` points left at the end
+    of an epoch's permutation are dropped for that epoch (they are as likely as any other
+    to be drawn in the next), so each batch is a uniformly random subset of size :math:`B`
+    and the :math:`N/B` scaling is unbiased with the same variance at every step.
+
     The permutation of epoch :math:`e` is a pure function of ``(seed, e)``, so the stream
     position is fully described by ``(epoch, position)``: that is all a checkpoint needs,
     and a resumed run draws exactly the batches the uninterrupted one would.
@@ -160,7 +165,8 @@ class MinibatchStream:
 
     @property
     def steps_per_epoch(self) -> int:
-        return -(-self.num_data // self.batch_size)
+        """Full batches per epoch; the ``N mod B`` left-over points wait for the next shuffle."""
+        return self.num_data // self.batch_size
 
     def _permutation(self) -> Tensor:
         if self._perm_epoch != self.epoch:
@@ -179,9 +185,9 @@ class MinibatchStream:
         """Indices (on ``device``) of this rank's part of the next global batch."""
         perm = self._permutation()
         start = self.position
-        stop = min(start + self.batch_size, self.num_data)
+        stop = start + self.batch_size
         global_idx = perm[start:stop]
-        if stop >= self.num_data:
+        if stop + self.batch_size > self.num_data:
             self.epoch, self.position = self.epoch + 1, 0
         else:
             self.position = stop

@@ -100,6 +100,20 @@ def _register_builtins() -> None:
     )
     FAMILIES.add("fullrank", families.FullRankGaussian, "full-covariance Gaussian, Cholesky factor")
     FAMILIES.add("lowrank", families.LowRankGaussian, "low-rank plus diagonal Gaussian")
+    FAMILIES.add(
+        "mixture", families.GaussianMixture, "mixture of Gaussians (stratified ELBO), components=C"
+    )
+    FAMILIES.add(
+        "flow", families.NormalizingFlow, "normalizing flow (Pyro transforms), transform, layers"
+    )
+    FAMILIES.add("delta", families.Delta, "point mass: MAP in the unconstrained space")
+    FAMILIES.add(
+        "amortized",
+        families.AmortizedGaussian,
+        "encoder x_i -> q(z_i | x_i) for local latents, context_dim",
+    )
+    MODELS.add("funnel", models.Funnel, "Neal's funnel, density only (log Z = 0)")
+    MODELS.add("banana", models.Banana, "banana-shaped density, density only (log Z = 0)")
     MODELS.add(
         "normal_mean", models.NormalMean, "conjugate Normal mean, known noise (exact posterior)"
     )
@@ -112,6 +126,7 @@ def _register_builtins() -> None:
         "logistic_regression", models.BayesianLogisticRegression, "Bayesian logistic regression"
     )
     MODELS.add("eight_schools", models.EightSchools, "eight schools, non-centered hierarchical")
+    MODELS.add("autoregressive", models.AutoRegressive, "AR(K) time series (posteriordb arK)")
     OBJECTIVES.add(
         "elbo", objectives.ELBO, "reparameterized ELBO (reparam or sticking-the-landing)"
     )

@@ -105,15 +105,30 @@ def test_minibatch_log_joint_is_unbiased_over_an_epoch():
 
 def test_minibatch_stream_shuffles_per_epoch_and_resumes():
     stream = MinibatchStream(10, batch_size=4, seed=1)
-    first_epoch = torch.cat([stream.next_indices() for _ in range(3)])
-    assert sorted(first_epoch.tolist()) == list(range(10))
+    # Two full batches per epoch; the 2 left-over points wait for the next shuffle.
+    assert stream.steps_per_epoch == 2
+    first_epoch = torch.cat([stream.next_indices() for _ in range(2)])
+    assert first_epoch.unique().numel() == 8 and stream.epoch == 1
     state = stream.state_dict()
     nxt = stream.next_indices()
+    assert nxt.shape == (4,)
     resumed = MinibatchStream(10, batch_size=4, seed=1)
     resumed.load_state_dict(state)
     torch.testing.assert_close(resumed.next_indices(), nxt)
-    second_epoch = torch.cat([nxt] + [stream.next_indices() for _ in range(2)])
+    second_epoch = torch.cat([nxt, stream.next_indices()])
     assert not torch.equal(first_epoch, second_epoch)
+
+
+def test_minibatch_stream_draws_every_point_equally_often():
+    """Dropping the remainder per epoch keeps every point equally likely over epochs."""
+    stream = MinibatchStream(10, batch_size=4, seed=3)
+    counts = torch.zeros(10)
+    epochs = 2000
+    for _ in range(2 * epochs):
+        counts += torch.bincount(stream.next_indices(), minlength=10)
+    # Each point is drawn with probability 0.8 per epoch: count ~ Binomial(2000, 0.8),
+    # s.d. = sqrt(2000 * 0.8 * 0.2) = 17.9; allow 4 s.d.
+    assert (counts - 0.8 * epochs).abs().max() < 4 * 17.9
 
 
 def test_normal_mean_posterior_and_evidence_match_closed_forms():

@@ -46,8 +46,9 @@ def fullrank_fit(correlated_regression):
         family,
         ELBO(num_particles=16),
         batch_size=64,
-        steps=3000,
+        steps=6000,
         lr=3e-2,
+        average_from=0.3,
         seed=0,
     )
     return family, result
@@ -74,7 +75,7 @@ def test_fullrank_recovers_correlated_regression_posterior_with_minibatches(
     fullrank_fit, correlated_regression
 ):
     family, result = fullrank_fit
-    assert result.steps == 3000
+    assert result.steps == 6000
     _check_exact(family, correlated_regression, result.elbo(20000))
 
 
@@ -83,7 +84,14 @@ def test_fullrank_recovers_normal_mean_posterior_with_minibatches():
     model = NormalMean(x, noise_scale=2.0, prior_loc=0.0, prior_scale=1.0)
     family = FullRankGaussian(model.dim)
     result = st.fit(
-        model, family, ELBO(num_particles=16), batch_size=100, steps=3000, lr=3e-2, seed=1
+        model,
+        family,
+        ELBO(num_particles=16),
+        batch_size=100,
+        steps=6000,
+        lr=3e-2,
+        average_from=0.3,
+        seed=1,
     )
     _check_exact(family, model, result.elbo(20000))
 
@@ -92,7 +100,16 @@ def test_meanfield_converges_to_inverse_precision_diagonal(correlated_regression
     """Mean-field optimum of KL(q||p) for a Gaussian p: sigma_d^2 = 1 / Lambda_dd < Sigma_dd."""
     model = correlated_regression
     family = MeanFieldGaussian(model.dim)
-    st.fit(model, family, ELBO(num_particles=16), batch_size=64, steps=3000, lr=3e-2, seed=2)
+    st.fit(
+        model,
+        family,
+        ELBO(num_particles=16),
+        batch_size=64,
+        steps=6000,
+        lr=3e-2,
+        average_from=0.3,
+        seed=2,
+    )
     precision = model.posterior_precision()
     expected = 1 / torch.diagonal(precision)
     marginal = model.exact_posterior().variance

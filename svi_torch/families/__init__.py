@@ -1,7 +1,11 @@
 """Variational families: ``nn.Module`` subclasses whose ``forward`` returns a distribution."""
 
+from .amortized import AmortizedGaussian
 from .base import VariationalFamily, inverse_softplus
+from .delta import Delta
+from .flows import FlowLayers, NormalizingFlow
 from .gaussian import FullRankGaussian, GaussianFamily, LowRankGaussian, MeanFieldGaussian
+from .mixture import GaussianMixture
 
 __all__ = [
     "VariationalFamily",
@@ -9,5 +13,10 @@ __all__ = [
     "MeanFieldGaussian",
     "FullRankGaussian",
     "LowRankGaussian",
+    "GaussianMixture",
+    "NormalizingFlow",
+    "FlowLayers",
+    "AmortizedGaussian",
+    "Delta",
     "inverse_softplus",
 ]

@@ -74,6 +74,21 @@ class VariationalFamily(nn.Module, ABC):
         z = dist.rsample(torch.Size(sample_shape))
         return z, dist.log_prob(z)
 
+    def weighted_rsample(
+        self, num_particles: int, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Particles with weights for the ELBO: ``(z, log q(z), weights)``.
+
+        The ELBO is estimated as :math:`\\sum_s w_s [\\log p(z_s, D) - \\log q(z_s)]`, where
+        ``weights`` has the shape of ``log q`` and sums to one over the particle axis.
+        Ordinary families draw ``num_particles`` i.i.d. particles with weights :math:`1/K`
+        (the plain Monte Carlo mean). Mixtures override this with the stratified
+        estimator: :math:`K` reparameterized draws from *every* component :math:`c`, weighted
+        :math:`\\pi_c / K`, so that gradients reach the mixture weights :math:`\\pi`.
+        """
+        z, log_q = self.rsample_and_log_prob((num_particles,), context)
+        return z, log_q, torch.full_like(log_q, 1.0 / num_particles).detach()
+
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """:math:`\\log q_\\phi(z)`."""
         return self(context).log_prob(z)

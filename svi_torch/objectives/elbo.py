@@ -17,7 +17,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from ..data import Batch
+from ..data import Batch, batch_length
 from ..families.base import VariationalFamily
 from ..models.base import Model
 from .base import Objective, ObjectiveOutput
@@ -38,6 +38,11 @@ class ELBO(Objective):
             (sticking the landing, Roeder et al. 2017) evaluates :math:`\\log q` with detached
             parameters, dropping the zero-mean score term, so the gradient variance vanishes
             when :math:`q` equals the posterior. ``"stl"`` needs the Monte Carlo entropy.
+
+    Particles come from ``family.weighted_rsample``: uniform weights :math:`1/K` for
+    ordinary families, the stratified estimator for mixtures (``num_particles`` draws per
+    component). An amortized family's per-data-point entropy is scaled by :math:`N/B`,
+    like the likelihood.
 
     Example:
         >>> objective = ELBO(num_particles=8, gradient="stl")
@@ -75,25 +80,43 @@ class ELBO(Objective):
         likelihood_scale: float | None = None,
     ) -> ObjectiveOutput:
         context = batch.get("context") if batch else None
-        z, log_q = family.rsample_and_log_prob((self.num_particles,), context)
+        # Weighted particles: weights 1/K for ordinary families (the plain mean); the
+        # stratified estimator for mixtures (see VariationalFamily.weighted_rsample).
+        z, log_q, weights = family.weighted_rsample(self.num_particles, context)
         joint = model.log_joint(z, batch, likelihood_scale)
-        expected_log_joint = joint.total.mean(0)
+        expected_log_joint = _expect(joint.total, weights)
         if self._use_analytic_entropy(family):
             entropy = family.entropy(context)
         elif self.gradient == "stl":
-            entropy = -family.log_prob_detached(z, context).mean(0)
+            entropy = -_expect(family.log_prob_detached(z, context), weights)
         else:
-            entropy = -log_q.mean(0)
+            entropy = -_expect(log_q, weights)
+        if entropy.dim() > 0:
+            # One entropy per data point (amortized q(z_i | x_i) over a minibatch): local
+            # terms are scaled by N/B like the likelihood, so the bound stays unbiased.
+            entropy = entropy * _local_scale(model, batch, likelihood_scale)
         entropy = _total(entropy)
         elbo = _total(expected_log_joint) + entropy
         metrics = {
             "elbo": elbo.detach(),
-            "log_likelihood": _total(joint.log_likelihood.mean(0)).detach(),
-            "log_prior": _total(joint.log_prior.mean(0)).detach(),
-            "log_det_jacobian": _total(joint.log_det_jacobian.mean(0)).detach(),
+            "log_likelihood": _total(_expect(joint.log_likelihood, weights)).detach(),
+            "log_prior": _total(_expect(joint.log_prior, weights)).detach(),
+            "log_det_jacobian": _total(_expect(joint.log_det_jacobian, weights)).detach(),
             "entropy": entropy.detach(),
         }
         return ObjectiveOutput(loss=-elbo, metrics=metrics)
+
+
+def _expect(x: Tensor, weights: Tensor) -> Tensor:
+    """Weighted average over the particle axis, :math:`\\sum_s w_s x_s` (weights sum to 1)."""
+    return (weights * x).sum(0)
+
+
+def _local_scale(model: Model, batch: Batch | None, likelihood_scale: float | None) -> float:
+    """:math:`N/B` for per-data-point terms (1 on the full data)."""
+    if likelihood_scale is not None:
+        return likelihood_scale
+    return model.num_data / batch_length(batch) if batch else 1.0
 
 
 def _total(x: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from ..objectives.base import Objective, ObjectiveOutput
 from ..objectives.elbo import ELBO
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .convergence import ConvergenceMonitor
+from .distributed import average_gradients, broadcast_parameters, current_context
 from .logging import Logger
 from .result import FitResult
 from .schedule import IterateAverage, LRSchedule
@@ -123,6 +124,8 @@ class Trainer:
             model.to(self.device)
             family.to(self.device)
         self.model, self.family = model, family
+        # Under torchrun each rank takes its shard of every global batch.
+        self.dist = current_context()
         n = model.num_data
         batch_size = config.batch_size
         if n == 0:
@@ -135,11 +138,18 @@ class Trainer:
             if batch_size is None:
                 batch_size = n if n <= 256 else 128
             self.stream = MinibatchStream(
-                n, batch_size, seed=config.seed, device=_data_device(model)
+                n,
+                batch_size,
+                seed=config.seed,
+                device=_data_device(model),
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
             )
             steps_per_epoch = self.stream.steps_per_epoch
         self.total_steps = _total_steps(config, steps_per_epoch)
         self.params = [p for p in [*family.parameters(), *model.parameters()] if p.requires_grad]
+        if self.dist.active:
+            broadcast_parameters(self.params)
         lr = DEFAULT_LR if config.lr is None else config.lr
         if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
@@ -163,6 +173,7 @@ class Trainer:
         self.elbo_ema: Tensor | None = None
         self.last_output: ObjectiveOutput | None = None
         self.last_grad_norm: Tensor | None = None
+        self._last_context: Tensor | None = None
         self._wall_time = 0.0
         if config.resume:
             self._resume()
@@ -176,9 +187,17 @@ class Trainer:
             indices = self.stream.next_indices()
             batch = self.model.index_data(indices)
             scale = self.model.num_data / indices.shape[0]
+        # Amortized families need the batch's context to report a posterior variance.
+        self._last_context = batch.get("context") if batch else None
         self.optimizer.zero_grad(set_to_none=True)
         output = self.objective(self.family, self.model, batch, likelihood_scale=scale)
         output.loss.backward()
+        if self.dist.active:
+            # Gradients, loss and metrics averaged over ranks in one all-reduce.
+            averaged = average_gradients(
+                self.params, self.dist.world_size, {**output.metrics, "_loss": output.loss}
+            )
+            output = ObjectiveOutput(loss=averaged.pop("_loss"), metrics=averaged)
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads) if grads else output.loss.new_zeros(())
         # One host read per step: a NaN step must never reach the parameters.
@@ -225,7 +244,9 @@ class Trainer:
         config = self.config
         if self.step == 0:
             torch.manual_seed(config.seed)
-        bar = _progress_bar(config.progress, self.total_steps, self.step)
+        bar = _progress_bar(
+            config.progress if self.dist.is_main else False, self.total_steps, self.step
+        )
         start = time.perf_counter()
         last_log_time, last_log_step = start, self.step
         try:
@@ -295,7 +316,9 @@ class Trainer:
         metrics["throughput/steps_per_s"] = rate
         metrics["health/skipped_steps"] = float(self.skipped_steps)
         with torch.no_grad():
-            variance = self.family.variance()
+            variance = self.family.variance(self._last_context)
+        if variance.dim() == 2:
+            variance = variance.mean(0)  # local latents: average over the batch's data points
         if variance.dim() == 1:
             metrics["posterior/variance_mean"] = variance.mean().item()
             metrics["posterior/variance_min"] = variance.min().item()
@@ -307,8 +330,9 @@ class Trainer:
         self.history.setdefault("step", []).append(float(self.step))
         for key, value in metrics.items():
             self.history.setdefault(key, []).append(value)
-        for logger in self.loggers:
-            logger.log_scalars(self.step, metrics)
+        if self.dist.is_main:
+            for logger in self.loggers:
+                logger.log_scalars(self.step, metrics)
         if bar is not None:
             bar.set_postfix(elbo=f"{metrics.get('elbo/smoothed', math.nan):.4g}", refresh=False)
 
@@ -345,6 +369,8 @@ class Trainer:
         target = path or self.config.checkpoint_path
         if target is None:
             raise ValueError("no checkpoint_path given")
+        if not self.dist.is_main:
+            return Path(target)  # rank 0 alone writes; all ranks hold the same state
         return save_checkpoint(target, self.state_dict())
 
     def _resume(self) -> None:

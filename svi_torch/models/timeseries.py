@@ -1,0 +1,85 @@
+"""Time-series models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+from torch.distributions import HalfCauchy, Normal, constraints
+
+from ..data import Batch, as_tensor
+from .base import Model
+
+__all__ = ["AutoRegressive", "lag_matrix"]
+
+
+class AutoRegressive(Model):
+    """Autoregression of order :math:`K` (posteriordb's ``arK``):
+
+    .. math::
+
+        y_t \\sim \\mathcal{N}\\Big(\\alpha + \\sum_{k=1}^{K} \\beta_k y_{t-k},\\ \\sigma^2\\Big),
+        \\quad t = K+1, \\dots, T,\\qquad
+        \\alpha, \\beta_k \\sim \\mathcal{N}(0, s_0^2),\\quad \\sigma \\sim \\mathrm{HalfCauchy}(c),
+
+    conditional on the first :math:`K` values. Each data row holds one target :math:`y_t`
+    and its :math:`K` lags, so rows are conditionally independent given the parameters and
+    minibatches of rows give unbiased estimates of the log likelihood.
+
+    Args:
+        y: the series, shape ``(T,)`` with ``T > order``.
+        order: :math:`K`.
+        prior_scale: :math:`s_0`.
+        noise_prior_scale: :math:`c`.
+
+    Example:
+        >>> import torch
+        >>> model = AutoRegressive(torch.randn(200), order=5)
+        >>> model.dim, model.num_data
+        (7, 195)
+    """
+
+    def __init__(
+        self,
+        y: object,
+        order: int = 5,
+        prior_scale: float = 10.0,
+        noise_prior_scale: float = 2.5,
+    ) -> None:
+        super().__init__()
+        y = as_tensor(y, "y")
+        if y.dim() != 1:
+            raise ValueError(f"y must be a series of shape (T,), got shape {tuple(y.shape)}")
+        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+            raise ValueError(f"order must be a positive int, got {order!r}")
+        if y.shape[0] <= order:
+            raise ValueError(f"y has {y.shape[0]} values; an AR({order}) needs more than {order}")
+        for name, value in (("prior_scale", prior_scale), ("noise_prior_scale", noise_prior_scale)):
+            if not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        self.order = order
+        self.prior_scale = float(prior_scale)
+        self.noise_prior_scale = float(noise_prior_scale)
+        self.add_param("alpha")
+        self.add_param("beta", (order,))
+        self.add_param("sigma", (), constraints.positive)
+        self.set_data(lags=lag_matrix(y, order), target=y[order:])
+
+    def log_prior(self, params: Mapping[str, Tensor]) -> Tensor:
+        prior = Normal(0.0, self.prior_scale)
+        return (
+            prior.log_prob(params["alpha"])
+            + prior.log_prob(params["beta"]).sum(-1)
+            + HalfCauchy(self.noise_prior_scale).log_prob(params["sigma"])
+        )
+
+    def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        mean = params["alpha"][..., None] + params["beta"] @ batch["lags"].mT
+        return Normal(mean, params["sigma"][..., None]).log_prob(batch["target"]).sum(-1)
+
+
+def lag_matrix(y: Tensor, order: int) -> Tensor:
+    """Rows :math:`(y_{t-1}, \\dots, y_{t-K})` for :math:`t = K+1, \\dots, T`: shape ``(T-K, K)``."""
+    T = y.shape[0]
+    return torch.stack([y[order - k : T - k] for k in range(1, order + 1)], -1)
