@@ -53,10 +53,20 @@ def as_tensor(value: object, name: str, dtype: torch.dtype | None = None) -> Ten
         tensor = tensor.to(torch.get_default_dtype())
     if tensor.numel() == 0:
         raise ValueError(f"{name} is empty; give at least one data point")
-    if not torch.all(torch.isfinite(tensor)):
+    if not _all_finite(tensor):
         bad = (~torch.isfinite(tensor)).sum().item()
         raise ValueError(f"{name} contains {bad} NaN/Inf value(s); remove or impute them first")
     return tensor
+
+
+def _all_finite(tensor: Tensor, chunk: int = 1 << 20) -> bool:
+    """``isfinite(tensor).all()`` in chunks: the one-shot check allocates temporaries
+    several times the size of the data (a float ``abs`` and boolean masks), which would
+    set the peak memory of loading a large data set."""
+    flat = tensor.reshape(-1)
+    return all(
+        bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk)
+    )
 
 
 def _is_integer(tensor: Tensor) -> bool:

@@ -127,6 +127,7 @@ def _register_builtins() -> None:
     )
     MODELS.add("eight_schools", models.EightSchools, "eight schools, non-centered hierarchical")
     MODELS.add("autoregressive", models.AutoRegressive, "AR(K) time series (posteriordb arK)")
+    MODELS.add("bnn", models.BayesianNeuralNetwork, "one-hidden-layer Bayesian neural network")
     OBJECTIVES.add(
         "elbo", objectives.ELBO, "reparameterized ELBO (reparam or sticking-the-landing)"
     )

@@ -21,7 +21,8 @@ __all__ = ["VariationalFamily", "inverse_softplus"]
 
 def inverse_softplus(x: Tensor | float) -> Tensor:
     """Inverse of :math:`\\mathrm{softplus}(u) = \\log(1 + e^u)`: :math:`u = x + \\log(-\\mathrm{expm1}(-x))`."""
-    x = torch.as_tensor(x, dtype=torch.get_default_dtype())
+    if not (isinstance(x, Tensor) and x.is_floating_point()):
+        x = torch.as_tensor(x, dtype=torch.get_default_dtype())  # float64 inputs keep float64
     if torch.any(x <= 0):
         raise ValueError(f"inverse_softplus needs positive values, got min {x.min().item()}")
     return x + torch.log(-torch.expm1(-x))
@@ -89,6 +90,15 @@ class VariationalFamily(nn.Module, ABC):
         z, log_q = self.rsample_and_log_prob((num_particles,), context)
         return z, log_q, torch.full_like(log_q, 1.0 / num_particles).detach()
 
+    def rsample(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> Tensor:
+        """Reparameterized :math:`z \\sim q_\\phi` alone, for objectives that need no :math:`\\log q`.
+
+        Override with a direct computation when the distribution object is costly to build.
+        """
+        return self(context).rsample(torch.Size(sample_shape))
+
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """:math:`\\log q_\\phi(z)`."""
         return self(context).log_prob(z)
@@ -110,13 +120,21 @@ class VariationalFamily(nn.Module, ABC):
 
     @property
     def has_analytic_entropy(self) -> bool:
-        """Whether ``self().entropy()`` has a closed form."""
-        try:
-            with torch.no_grad():
-                self.entropy()
-        except NotImplementedError:
-            return False
-        return True
+        """Whether ``self().entropy()`` has a closed form.
+
+        Probed once per instance and cached: the objective asks every step, and whether a
+        closed form exists depends on the family's structure, not on its parameter values.
+        """
+        cached = self.__dict__.get("_has_analytic_entropy")
+        if cached is None:
+            try:
+                with torch.no_grad():
+                    self.entropy()
+                cached = True
+            except NotImplementedError:
+                cached = False
+            self.__dict__["_has_analytic_entropy"] = cached
+        return cached
 
     def entropy(self, context: Tensor | None = None) -> Tensor:
         """Analytic entropy :math:`H[q] = -\\mathbb{E}_q[\\log q(z)]`; raises if none exists."""

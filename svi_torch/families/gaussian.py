@@ -12,6 +12,8 @@ All three parameterise a Gaussian :math:`q(z) = \\mathcal{N}(\\mu, \\Sigma)` on
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,6 +27,37 @@ from torch.distributions import (
 from .base import VariationalFamily, inverse_softplus
 
 __all__ = ["GaussianFamily", "MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian"]
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _standard_noise(loc: Tensor, sample_shape: tuple[int, ...]) -> Tensor:
+    """:math:`\\epsilon \\sim \\mathcal{N}(0, I)` of shape ``sample_shape + (D,)``.
+
+    Drawn as ``torch.distributions`` draws it (``normal_`` on an empty tensor), so a
+    fused family consumes the random stream exactly as its distribution would.
+    """
+    shape = torch.Size(sample_shape) + loc.shape
+    return torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()
+
+
+def _log_prob_from_noise(eps: Tensor, sum_log_scale: Tensor) -> Tensor:
+    """:math:`\\log q(z)` of :math:`z = \\mu + L\\epsilon` from the noise it was made from.
+
+    With lower-triangular :math:`L` (diagonal for mean-field),
+    :math:`\\log q(z) = -\\tfrac12\\lVert\\epsilon\\rVert^2 - \\sum_d \\log L_{dd}
+    - \\tfrac D2 \\log 2\\pi`. Its total derivative in the parameters equals that of
+    ``log_prob(rsample())`` (:math:`\\epsilon` does not depend on them), without a
+    triangular solve or a distribution object per step.
+    """
+    dim = eps.shape[-1]
+    return -0.5 * eps.square().sum(-1) - (sum_log_scale + dim * _HALF_LOG_2PI)
+
+
+def _entropy_from_log_scale(dim: int, sum_log_scale: Tensor) -> Tensor:
+    """:math:`H[\\mathcal{N}(\\mu, LL^\\top)] = \\sum_d \\log L_{dd} + \\tfrac D2(1 + \\log 2\\pi)`."""
+    return sum_log_scale + dim * (0.5 + _HALF_LOG_2PI)
 
 
 def _initial_loc(dim: int, init_loc: Tensor | float) -> Tensor:
@@ -96,6 +129,23 @@ class MeanFieldGaussian(GaussianFamily):
     def forward(self, context: Tensor | None = None) -> Independent:
         return Independent(Normal(self.loc, self.scale, validate_args=False), 1)
 
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Fused :math:`z = \\mu + \\sigma \\odot \\epsilon` and :math:`\\log q(z)` from :math:`\\epsilon`."""
+        scale = self.scale
+        eps = _standard_noise(self.loc, tuple(sample_shape))
+        return self.loc + eps * scale, _log_prob_from_noise(eps, scale.log().sum(-1))
+
+    def rsample(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> Tensor:
+        return self.loc + _standard_noise(self.loc, tuple(sample_shape)) * self.scale
+
+    def entropy(self, context: Tensor | None = None) -> Tensor:
+        """:math:`H[q] = \\sum_d \\log \\sigma_d + \\tfrac D2 (1 + \\log 2\\pi)`."""
+        return _entropy_from_log_scale(self.dim, self.scale.log().sum(-1))
+
     def covariance(self) -> Tensor:
         return torch.diag_embed(self.scale**2)
 
@@ -139,6 +189,23 @@ class FullRankGaussian(GaussianFamily):
 
     def forward(self, context: Tensor | None = None) -> MultivariateNormal:
         return MultivariateNormal(self.loc, scale_tril=self.scale_tril, validate_args=False)
+
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Fused :math:`z = \\mu + L\\epsilon` and :math:`\\log q(z)` from :math:`\\epsilon` (no solve)."""
+        eps = _standard_noise(self.loc, tuple(sample_shape))
+        z = self.loc + eps @ self.scale_tril.mT
+        return z, _log_prob_from_noise(eps, F.softplus(self.raw_diag).log().sum(-1))
+
+    def rsample(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> Tensor:
+        return self.loc + _standard_noise(self.loc, tuple(sample_shape)) @ self.scale_tril.mT
+
+    def entropy(self, context: Tensor | None = None) -> Tensor:
+        """:math:`H[q] = \\sum_d \\log L_{dd} + \\tfrac D2 (1 + \\log 2\\pi)`."""
+        return _entropy_from_log_scale(self.dim, F.softplus(self.raw_diag).log().sum(-1))
 
     def covariance(self) -> Tensor:
         L = self.scale_tril

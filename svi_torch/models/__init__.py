@@ -1,6 +1,7 @@
 """Bayesian models: named constrained parameters, a log prior and a minibatch likelihood."""
 
 from .base import ConjugateModel, LogJoint, Model, ParamSpec
+from .bnn import BayesianNeuralNetwork, bnn_data
 from .conjugate import BayesianLinearRegression, NormalMean
 from .geometry import Banana, BimodalTarget, Funnel
 from .glm import BayesianLogisticRegression
@@ -28,6 +29,8 @@ __all__ = [
     "Funnel",
     "Banana",
     "BimodalTarget",
+    "BayesianNeuralNetwork",
+    "bnn_data",
     "normal_mean_data",
     "regression_data",
     "logistic_data",

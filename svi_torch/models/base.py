@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Transform, biject_to, constraints
 from torch.distributions.constraints import Constraint
+from torch.distributions.transforms import ComposeTransform, identity_transform
 
 from ..data import Batch, as_tensor, batch_length, validate_data
 
@@ -257,9 +258,6 @@ class ConjugateModel(Model):
 
 
 def _is_identity(transform: Transform) -> bool:
-    from torch.distributions.transforms import identity_transform
-
     return transform == identity_transform or (
-        isinstance(transform, torch.distributions.transforms.ComposeTransform)
-        and not transform.parts
+        isinstance(transform, ComposeTransform) and not transform.parts
     )

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Normal
 
 from ..data import Batch, as_tensor
 from .base import Model
+from .densities import normal_log_prob
 
 __all__ = ["BayesianLogisticRegression"]
 
@@ -47,7 +47,7 @@ class BayesianLogisticRegression(Model):
         self.set_data(X=X, y=y)
 
     def log_prior(self, params: Mapping[str, Tensor]) -> Tensor:
-        return Normal(0.0, self.prior_scale).log_prob(params["beta"]).sum(-1)
+        return normal_log_prob(params["beta"], 0.0, self.prior_scale).sum(-1)
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
         logits = params["beta"] @ batch["X"].mT  # (S, B)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from ..data import Batch, batch_length
@@ -80,36 +81,48 @@ class ELBO(Objective):
         likelihood_scale: float | None = None,
     ) -> ObjectiveOutput:
         context = batch.get("context") if batch else None
-        # Weighted particles: weights 1/K for ordinary families (the plain mean); the
-        # stratified estimator for mixtures (see VariationalFamily.weighted_rsample).
-        z, log_q, weights = family.weighted_rsample(self.num_particles, context)
-        joint = model.log_joint(z, batch, likelihood_scale)
-        expected_log_joint = _expect(joint.total, weights)
+        weights: Tensor | None = None
         if self._use_analytic_entropy(family):
+            # log q is not needed: sample only, and take H[q] in closed form.
+            z = family.rsample((self.num_particles,), context)
             entropy = family.entropy(context)
-        elif self.gradient == "stl":
-            entropy = -_expect(family.log_prob_detached(z, context), weights)
         else:
+            # Weighted particles: 1/K for ordinary families (the plain mean); the stratified
+            # estimator for mixtures (see VariationalFamily.weighted_rsample).
+            z, log_q, weights = family.weighted_rsample(self.num_particles, context)
+            if self.gradient == "stl":
+                log_q = family.log_prob_detached(z, context)
             entropy = -_expect(log_q, weights)
         if entropy.dim() > 0:
             # One entropy per data point (amortized q(z_i | x_i) over a minibatch): local
             # terms are scaled by N/B like the likelihood, so the bound stays unbiased.
             entropy = entropy * _local_scale(model, batch, likelihood_scale)
         entropy = _total(entropy)
-        elbo = _total(expected_log_joint) + entropy
+        joint = model.log_joint(z, batch, likelihood_scale)
+        terms = (joint.log_likelihood, joint.log_prior, joint.log_det_jacobian)
+        if weights is None and terms[0].shape == terms[1].shape == terms[2].shape:
+            # The three particle means in one (3, ...) tensor: fewer small ops per step.
+            means = torch.stack(terms).mean(1)
+            if means.dim() > 1:
+                means = means.flatten(1).sum(1)
+        else:
+            means = torch.stack([_total(_expect(t, weights)) for t in terms])
+        elbo = means.sum() + entropy
+        log_likelihood, log_prior, log_det_jacobian = means.detach().unbind(0)
         metrics = {
             "elbo": elbo.detach(),
-            "log_likelihood": _total(_expect(joint.log_likelihood, weights)).detach(),
-            "log_prior": _total(_expect(joint.log_prior, weights)).detach(),
-            "log_det_jacobian": _total(_expect(joint.log_det_jacobian, weights)).detach(),
+            "log_likelihood": log_likelihood,
+            "log_prior": log_prior,
+            "log_det_jacobian": log_det_jacobian,
             "entropy": entropy.detach(),
         }
         return ObjectiveOutput(loss=-elbo, metrics=metrics)
 
 
-def _expect(x: Tensor, weights: Tensor) -> Tensor:
-    """Weighted average over the particle axis, :math:`\\sum_s w_s x_s` (weights sum to 1)."""
-    return (weights * x).sum(0)
+def _expect(x: Tensor, weights: Tensor | None) -> Tensor:
+    """Weighted average over the particle axis, :math:`\\sum_s w_s x_s` (weights sum to 1);
+    the plain mean when ``weights`` is None."""
+    return x.mean(0) if weights is None else (weights * x).sum(0)
 
 
 def _local_scale(model: Model, batch: Batch | None, likelihood_scale: float | None) -> float:

@@ -5,6 +5,10 @@ a temporary file in the target directory, flushed and ``fsync``-ed, then renamed
 target (``os.replace`` is atomic on POSIX), so a crash leaves either the old or the new
 file, never half of one. Loading uses ``torch.load(weights_only=True)``, which refuses
 pickled objects, so a tampered file cannot execute code.
+
+:func:`save_rotating` keeps the last :math:`K` checkpoints as step-numbered files
+(``run-step000000400.pt``) beside a stable name (``run.pt``, always the newest, a hard
+link to it), so one damaged file never costs the whole run.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -23,6 +28,9 @@ import torch
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
+    "save_rotating",
+    "step_checkpoints",
+    "remove_stale_temporaries",
     "load_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
@@ -50,12 +58,74 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def step_checkpoints(path: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The step-numbered siblings of ``path`` (``stem-stepNNNNNNNNN.suffix``), oldest first."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.stem) + r"-step(\d+)" + re.escape(path.suffix) + "$")
+    found = []
+    if path.parent.is_dir():
+        for child in path.parent.iterdir():
+            match = pattern.match(child.name)
+            if match:
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files a killed writer of ``path`` left behind; return them.
+
+    Only for a single writer per checkpoint (a resuming run): another process writing
+    the same checkpoint at the same time would lose its temporary file.
+    """
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for child in path.parent.iterdir():
+            name = child.name
+            if name.startswith(f".{path.name}.") and name.endswith((".tmp", ".link")):
+                child.unlink(missing_ok=True)
+                removed.append(child)
+    return removed
+
+
+def save_rotating(
+    path: str | os.PathLike[str], state: dict[str, Any], step: int, keep: int = 1
+) -> Path:
+    """Save ``state`` as the newest of the last ``keep`` checkpoints; return ``path``.
+
+    With ``keep == 1`` only ``path`` is written. Otherwise the state goes to the
+    step-numbered file, ``path`` is atomically re-pointed at it (hard link + rename;
+    a second copy where links are not supported), and step files beyond the newest
+    ``keep`` are deleted -- only after the new one is durable.
+    """
+    path = Path(path)
+    if keep <= 1:
+        return save_checkpoint(path, state)
+    numbered = save_checkpoint(path.with_name(f"{path.stem}-step{step:09d}{path.suffix}"), state)
+    link_name = path.with_name(f".{path.name}.{os.getpid()}.link")
+    try:
+        link_name.unlink(missing_ok=True)
+        os.link(numbered, link_name)
+        os.replace(link_name, path)
+        _fsync_dir(path.parent)
+    except OSError:
+        link_name.unlink(missing_ok=True)
+        save_checkpoint(path, state)
+    for _, old in step_checkpoints(path)[:-keep]:
+        old.unlink(missing_ok=True)
     return path
 
 

@@ -79,6 +79,7 @@ class ConvergenceMonitor:
             "previous_var": self.previous_var,
             "smoothed": self.smoothed,
             "buffer": [float(v) for v in self._buffer],
+            "reason": self.reason,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -87,3 +88,4 @@ class ConvergenceMonitor:
         self.previous_var = state["previous_var"]  # type: ignore[assignment]
         self.smoothed = float(state["smoothed"])  # type: ignore[arg-type]
         self._buffer = [torch.tensor(v, dtype=torch.float64) for v in state["buffer"]]  # type: ignore[union-attr]
+        self.reason = state.get("reason")  # type: ignore[assignment]

@@ -72,6 +72,16 @@ class TensorBoardLogger:
             self._writer = SummaryWriter(str(self.logdir), purge_step=self.purge_step)
         return self._writer
 
+    def resume_at(self, step: int) -> None:
+        """A resumed run continues after ``step``: drop the old run's events after it."""
+        if self._writer is None and self.purge_step is None:
+            self.purge_step = step + 1
+
+    def flush(self) -> None:
+        """Write pending events to disk (the trainer calls this before each checkpoint)."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, float(value), step)
