@@ -115,6 +115,13 @@ def _register_builtins() -> None:
     OBJECTIVES.add(
         "elbo", objectives.ELBO, "reparameterized ELBO (reparam or sticking-the-landing)"
     )
+    from .studies import scalability
+
+    STUDIES.add(
+        "scalability",
+        scalability.run,
+        "SVI as N, batch size, D and particles grow (variance, KL, time per step)",
+    )
 
 
 _register_builtins()

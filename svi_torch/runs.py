@@ -101,6 +101,8 @@ def train_run(
     checkpoint = run_dir / CHECKPOINT_FILE
     if resume and not checkpoint.is_file():
         raise ConfigError(f"cannot resume: {checkpoint} does not exist")
+    if config.train.num_threads is not None:
+        torch.set_num_threads(config.train.num_threads)
     built = build(config)
     settings = train_settings(config, checkpoint, resume)
     settings.progress = progress
