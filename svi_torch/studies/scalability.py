@@ -68,8 +68,8 @@ class ScalabilitySettings:
     particles: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     dim: int = 5
     correlation: float = 0.5
-    batch_size: int = 256
-    num_particles: int = 4
+    batch_size: int = 128
+    num_particles: int = 8
     steps: int = 2000
     lr: float = 0.03
     log_every: int = 50
@@ -93,7 +93,11 @@ def _config(
     options = (
         {"noise_scale": 1.0, "prior_scale": 1.0} if model == CONJUGATE else {"prior_scale": 1.0}
     )
-    family_options = {"rank": min(2, dim)} if family == "lowrank" else {}
+    # Start q at the posterior's scale, ~1/sqrt(N) for standardised features: Adam moves a
+    # log-scale by about lr per step, so a start at 0.1 wastes the budget at large N.
+    family_options: dict[str, Any] = {"init_scale": min(0.1, num_data**-0.5)}
+    if family == "lowrank":
+        family_options["rank"] = min(2, dim)
     return make_config(
         {
             "model": {"name": model, "options": options},

@@ -33,10 +33,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, MultivariateNormal, kl_divergence
+from torch.distributions import (
+    Distribution,
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
 
 from ..families.base import VariationalFamily
-from ..families.gaussian import GaussianFamily
 from ..models.base import ConjugateModel, Model
 
 __all__ = [
@@ -91,11 +97,32 @@ def exact_posterior(model: Model) -> Distribution | None:
         return None
 
 
-def _gaussian(family: VariationalFamily) -> MultivariateNormal | None:
-    """:math:`q` as a float64 ``MultivariateNormal`` when the family is Gaussian."""
-    if not isinstance(family, GaussianFamily):
-        return None
-    return MultivariateNormal(family.loc.double(), covariance_matrix=family.covariance().double())
+def _gaussian(family: VariationalFamily) -> Distribution | None:
+    """:math:`q` as a float64 Gaussian (from its own factors) when the family is Gaussian.
+
+    The factors (Cholesky, low-rank, diagonal) are converted, never the covariance
+    :math:`LL^\top` formed in float32, which can lose positive definiteness when the
+    posterior is narrow and correlated.
+    """
+    with torch.no_grad():
+        dist = family()
+        if isinstance(dist, MultivariateNormal):
+            return MultivariateNormal(dist.loc.double(), scale_tril=dist.scale_tril.double())
+        if isinstance(dist, LowRankMultivariateNormal):
+            return LowRankMultivariateNormal(
+                dist.loc.double(), dist.cov_factor.double(), dist.cov_diag.double()
+            )
+        if (
+            isinstance(dist, Independent)
+            and isinstance(dist.base_dist, Normal)
+            and dist.reinterpreted_batch_ndims == 1
+            and dist.event_shape == (family.dim,)
+        ):
+            scale = dist.base_dist.scale.double().expand(family.dim)
+            return MultivariateNormal(
+                dist.base_dist.loc.double().expand(family.dim), scale_tril=torch.diag_embed(scale)
+            )
+    return None
 
 
 def _double(dist: Distribution) -> Distribution:
