@@ -1,53 +1,192 @@
-"""The ``svi-torch`` command line: builds objects from settings and calls the library."""
+"""The ``svi-torch`` command line: builds objects from settings and calls the library.
+
+Commands::
+
+    svi-torch train [CONFIG.yaml | RUN_DIR --resume] [--set key=value ...] [--logdir DIR] [--quiet]
+    svi-torch list
+    svi-torch study NAME [--set key=value ...] [--logdir DIR] [--quick]
+
+Without a config, ``train`` runs the built-in quickstart (``svi_torch/configs/quickstart.yaml``).
+Invalid configs and overrides print one line on stderr and exit with status 2 before any
+run directory is created.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import time
+from pathlib import Path
 
-__all__ = ["main"]
+from .config import ConfigError
+
+__all__ = ["main", "EXIT_CONFIG_ERROR"]
+
+EXIT_CONFIG_ERROR = 2
+DEFAULT_LOGDIR = "runs"
 
 
-def _quickstart() -> int:
-    """Built-in default run: full-rank Gaussian VI on a correlated Bayesian linear regression."""
-    import torch
-
-    import svi_torch as st
-
-    X, y, _ = st.models.regression_data(num_data=4000, dim=5, correlation=0.6, seed=0)
-    model = st.models.BayesianLinearRegression(X, y, noise_scale=1.0, prior_scale=1.0)
-    family = st.families.FullRankGaussian(model.dim)
-    result = st.fit(
-        model,
-        family,
-        st.objectives.ELBO(num_particles=16),
-        batch_size=64,
-        steps=3000,
-        lr=3e-2,
-        seed=0,
-        progress=None,
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="svi-torch", description="Stochastic variational inference in PyTorch."
     )
-    post = model.exact_posterior()
-    with torch.no_grad():
-        q = torch.distributions.MultivariateNormal(family.loc, family.covariance())
-        kl = torch.distributions.kl_divergence(q, post).item()
-    elbo, se = result.elbo(4000)
-    print(f"steps: {result.steps}  ({result.steps_per_second:.0f} steps/s)")
-    print(f"ELBO: {elbo:.3f} +- {se:.3f}   log p(D): {model.log_evidence().item():.3f}")
-    print(f"KL(q || exact posterior): {kl:.4f} nats")
-    for name, stats in result.posterior_summary().items():
-        print(f"  {name:8s} mean {stats['mean']:+.4f}  sd {stats['sd']:.4f}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train from a YAML config (none: the built-in quickstart)")
+    train.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config file; with --resume, a run directory (default: the quickstart)",
+    )
+    _add_common(train)
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in CONFIG (a run directory)"
+    )
+    train.add_argument(
+        "--quiet", action="store_true", help="print only the run directory, no progress bar"
+    )
+
+    sub.add_parser("list", help="list registered families, models, objectives and studies")
+
+    study = sub.add_parser("study", help="run a study: a grid of runs, summary.csv and plots")
+    study.add_argument("name", help="study name (see `svi-torch list`)")
+    _add_common(study)
+    study.add_argument("--quick", action="store_true", help="a tiny grid (under a minute)")
+    study.add_argument("--quiet", action="store_true", help="print only the study directory")
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.steps=500 (value parsed as YAML)",
+    )
+    parser.add_argument(
+        "--logdir",
+        default=DEFAULT_LOGDIR,
+        help=f"parent of the run directories ({DEFAULT_LOGDIR}/)",
+    )
+
+
+# -- train ------------------------------------------------------------------------------
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runs import CONFIG_FILE, new_run_dir, train_run
+
+    if args.resume:
+        if args.config is None or not Path(args.config).is_dir():
+            raise ConfigError(
+                "--resume needs the run directory to continue, e.g. "
+                "svi-torch train runs/<run> --resume"
+            )
+        run_dir = Path(args.config)
+        config = load_config(run_dir / CONFIG_FILE, args.overrides)
+    else:
+        config = load_config(args.config, args.overrides)
+        run_dir = new_run_dir(args.logdir, config)
+    say = (lambda *a: None) if args.quiet else print
+    say(f"run directory: {run_dir}")
+    start = time.perf_counter()
+    outcome = train_run(config, run_dir, resume=args.resume, progress=False if args.quiet else None)
+    m = outcome.metrics
+    say(
+        f"steps: {m['steps']} ({m['steps_per_s']:.0f} steps/s, "
+        f"{time.perf_counter() - start:.1f} s in all); stop: {m['stop_reason']}"
+    )
+    line = f"ELBO: {m['elbo']:.3f} +- {m['elbo_se']:.3f}"
+    if "log_evidence" in m:
+        line += f"   log p(D): {m['log_evidence']:.3f}"
+    say(line)
+    if "kl_posterior" in m:
+        say(f"KL(q || exact posterior): {m['kl_posterior']:.4g} nats")
+    say(f"KL(q || prior): {m['kl_prior']:.4g} nats ({m['kl_prior_method']})")
+    for name, stats in list(m["posterior"].items())[:12]:
+        say(f"  {name:12s} mean {stats['mean']:+.4f}  sd {stats['sd']:.4f}")
+    say(f"metrics: {run_dir / 'metrics.json'}")
+    say(f"view in TensorBoard:  tensorboard --logdir {run_dir.parent}")
+    if args.quiet:
+        print(run_dir)
+    return 0
+
+
+# -- list -------------------------------------------------------------------------------
+def _list(args: argparse.Namespace) -> int:
+    from .registry import FAMILIES, MODELS, OBJECTIVES, STUDIES
+
+    for title, registry in (
+        ("families", FAMILIES),
+        ("models", MODELS),
+        ("objectives", OBJECTIVES),
+        ("studies", STUDIES),
+    ):
+        print(f"{title}:")
+        entries = registry.entries()
+        width = max((len(e.name) for e in entries), default=0)
+        for entry in entries:
+            print(f"  {entry.name:<{width}}  {entry.description}")
+        if not entries:
+            print("  (none)")
+    return 0
+
+
+# -- study ------------------------------------------------------------------------------
+def _study(args: argparse.Namespace) -> int:
+    from .config import apply_overrides
+    from .registry import STUDIES
+
+    try:
+        entry = STUDIES.get(args.name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    overrides = apply_overrides({}, args.overrides)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    outdir = Path(args.logdir) / f"{stamp}_study-{args.name}{'-quick' if args.quick else ''}"
+    existed = outdir.exists()
+    if not args.quiet:
+        print(f"study directory: {outdir}")
+    try:
+        result = entry.factory(outdir, quick=args.quick, overrides=overrides)
+    except ConfigError:
+        # A study validates its settings first; leave no empty directory behind.
+        if not existed and outdir.is_dir() and not any(outdir.iterdir()):
+            shutil.rmtree(outdir)
+        raise
+    outdir = Path(result) if result is not None else outdir
+    if args.quiet:
+        print(outdir)
+    else:
+        print(f"summary: {outdir / 'summary.csv'}")
+        print(f"view in TensorBoard:  tensorboard --logdir {outdir}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="svi-torch", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="train (no config: the built-in quickstart)")
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        return _quickstart()
-    return 2
+    """Run the command line; returns the exit status (2 for invalid settings)."""
+    args = _parser().parse_args(argv)
+    commands = {"train": _train, "list": _list, "study": _study}
+    try:
+        return commands[args.command](args)
+    except ConfigError as err:
+        print(f"svi-torch: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        print(
+            "svi-torch: interrupted; continue from the last checkpoint with "
+            "`svi-torch train RUN_DIR --resume`",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as err:  # a training failure (e.g. NaN loss): one line, not a trace
+        if os.environ.get("SVI_TORCH_TRACEBACK"):
+            raise
+        print(f"svi-torch: {type(err).__name__}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

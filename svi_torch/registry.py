@@ -131,13 +131,13 @@ def _register_builtins() -> None:
     OBJECTIVES.add(
         "elbo", objectives.ELBO, "reparameterized ELBO (reparam or sticking-the-landing)"
     )
-    _register_issue4()
+    _register_bounds_targets_studies()
 
 
-def _register_issue4() -> None:
+def _register_bounds_targets_studies() -> None:
     """Objectives beyond the ELBO, density-only targets and the KL/estimator studies."""
     from . import models, objectives
-    from .studies import estimators, kl_asymmetry, meanfield
+    from .studies import estimators, kl_asymmetry, meanfield, scalability
 
     OBJECTIVES.add("iwae", objectives.IWAE, "importance-weighted bound (reparam or DReG gradient)")
     OBJECTIVES.add("renyi", objectives.RenyiELBO, "variational Renyi bound of order alpha")
@@ -153,6 +153,11 @@ def _register_issue4() -> None:
     STUDIES.add("kl-asymmetry", kl_asymmetry.run, "reverse vs forward KL fit to a bimodal target")
     STUDIES.add("meanfield", meanfield.run, "mean-field variance (1 - rho^2) sigma^2 against rho")
     STUDIES.add("estimators", estimators.run, "gradient variance and KL at equal wall time")
+    STUDIES.add(
+        "scalability",
+        scalability.run,
+        "SVI as N, batch size, D and particles grow (variance, KL, time per step)",
+    )
 
 
 _register_builtins()

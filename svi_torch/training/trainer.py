@@ -362,7 +362,8 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
                     self._log(rate, bar)
-                    last_log_time, last_log_step = now, self.step
+                    # Throughput measures training steps, not the logging/monitoring above.
+                    last_log_time, last_log_step = time.perf_counter(), self.step
                 if (
                     config.checkpoint_path
                     and config.checkpoint_every

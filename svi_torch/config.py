@@ -1,0 +1,412 @@
+"""Run settings: a typed schema with defaults, read from YAML and validated before any work.
+
+A config is a nested mapping with the sections ``model``, ``data``, ``family``,
+``objective``, ``optimizer``, ``train`` and ``logging`` (see :class:`Config` and the
+dataclasses below for every key and default). :func:`load_config` reads a YAML file with
+``yaml.safe_load``, applies ``--set a.b=c`` overrides (each value parsed as YAML) and
+checks every key and type, so that a typo fails at once with a one-line
+:class:`ConfigError` naming the key and the valid choices, before a run directory exists.
+
+Example:
+    >>> cfg = config_from_dict({"train": {"steps": 100}}, overrides=["family.name=meanfield"])
+    >>> cfg.family.name, cfg.train.steps
+    ('meanfield', 100)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "ModelSection",
+    "DataSection",
+    "FamilySection",
+    "ObjectiveSection",
+    "OptimizerSection",
+    "TrainSection",
+    "LoggingSection",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "parse_override",
+    "apply_overrides",
+    "dataclass_from_dict",
+    "default_config_path",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid config, override or setting; the message is one line naming the fix."""
+
+
+@dataclass
+class ModelSection:
+    """The model: a registered name (``svi-torch list``) or ``"package.module:ClassName"``.
+
+    ``options`` are keyword arguments of the model's constructor (e.g. ``noise_scale``).
+    """
+
+    name: str = "linear_regression"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """The data given to the model's constructor.
+
+    ``source`` is ``"synthetic"`` (a seeded generator: ``regression``, ``logistic`` or
+    ``normal_mean``, chosen from the model unless ``generator`` says), ``"none"`` (the
+    model needs no data arrays, e.g. eight schools' built-in data) or a ``.csv``/``.npz``
+    path. For a file, ``y`` names the response column and ``x`` the columns stacked into
+    the design matrix ``X`` (default: all others); without ``y`` the file's arrays are
+    passed to the model by name.
+    """
+
+    source: str = "synthetic"
+    generator: str | None = None
+    num_data: int = 1000
+    dim: int = 5
+    correlation: float = 0.0
+    noise_scale: float = 1.0
+    true_mean: float = 1.0
+    offset: float = 0.0
+    seed: int = 0
+    x: list[str] | None = None
+    y: str | None = None
+
+
+@dataclass
+class FamilySection:
+    """The variational family; ``options`` go to its constructor after ``model.dim``."""
+
+    name: str = "fullrank"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectiveSection:
+    """The objective; ``options`` go to its constructor (e.g. ``num_particles``)."""
+
+    name: str = "elbo"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerSection:
+    """A ``torch.optim`` optimizer by name, its learning rate and schedule."""
+
+    name: str = "adam"
+    lr: float = 1e-2
+    options: dict[str, Any] = field(default_factory=dict)
+    lr_schedule: str = "auto"
+    average_from: float = 0.5
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class TrainSection:
+    """Length of the run (``steps`` or ``epochs``), batch size, stop rule, seed and device.
+
+    ``num_threads`` sets ``torch.set_num_threads`` for the run (``null``: torch's default);
+    small models run fastest on one thread, especially on a shared machine.
+    """
+
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    convergence: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    max_bad_steps: int = 20
+    num_threads: int | None = None
+
+
+@dataclass
+class LoggingSection:
+    """What is logged and how often (steps); see the README's "Monitoring" section.
+
+    ``grad_stats_every`` and ``histogram_every`` must be multiples of ``log_every``
+    (monitoring runs when the trainer logs); 0 turns them off.
+    """
+
+    log_every: int = 100
+    grad_stats_every: int = 500
+    grad_stats_draws: int = 16
+    histogram_every: int = 500
+    kl_samples: int = 256
+    elbo_samples: int = 1000
+    checkpoint_every: int | None = 1000
+    figure: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run. Every section has defaults; a YAML file overrides what it names."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    family: FamilySection = field(default_factory=FamilySection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+
+def default_config_path(name: str = "quickstart") -> Path:
+    """Path of a config shipped inside the package (``svi_torch/configs/NAME.yaml``)."""
+    return Path(__file__).parent / "configs" / f"{name}.yaml"
+
+
+# -- reading --------------------------------------------------------------------------
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (``None``: the built-in quickstart), apply overrides, validate.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or invalid value.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    if path.is_dir():
+        raise ConfigError(
+            f"{path} is a directory; give a YAML config file (or a run directory with --resume)"
+        )
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = " ".join(str(err).split())
+        raise ConfigError(f"{path} is not valid YAML: {first}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides)
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Build and validate a :class:`Config` from a nested dict plus ``a.b=c`` overrides."""
+    raw = apply_overrides(raw, overrides or [])
+    config = dataclass_from_dict(Config, raw, "")
+    validate(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data (what a run directory's ``config.yaml`` holds)."""
+    return dataclasses.asdict(config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.steps=200"`` -> ``(["train", "steps"], 200)``; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.steps=200")
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"override key {key!r} has an empty part; write e.g. train.steps")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value  # not YAML: keep the text, the type check names the key if wrong
+    return parts, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A deep copy of ``raw`` with each ``a.b=c`` override set (sections created as needed)."""
+    result = _deep_copy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"override {text!r}: {where!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+# -- type checking --------------------------------------------------------------------
+def dataclass_from_dict(cls: type, raw: Any, prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``raw``, checking keys and types recursively.
+
+    ``prefix`` is the dotted path of ``raw`` used in error messages (``""`` at the top).
+    """
+    where = prefix or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            kind = "section" if not prefix else "key"
+            raise ConfigError(
+                f"unknown config {kind} {dotted!r}; valid {kind}s"
+                f"{f' in {prefix!r}' if prefix else ''}: {', '.join(names)}"
+            )
+    values = {}
+    for name in names:
+        if name not in raw:
+            continue
+        dotted = f"{prefix}.{name}" if prefix else name
+        values[name] = _check_type(raw[name], hints[name], dotted)
+    return cls(**values)
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(annotation):
+        return dataclass_from_dict(annotation, value, key)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _check_type(value, inner[0], key)
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} must be true or false, got {_describe(value)}")
+    if annotation is int:
+        number = _as_number(value)
+        if number is not None and float(number).is_integer() and math.isfinite(number):
+            return int(number)
+        raise ConfigError(f"config key {key!r} must be an integer, got {_describe(value)}")
+    if annotation is float:
+        number = _as_number(value)
+        if number is not None:
+            return float(number)
+        raise ConfigError(f"config key {key!r} must be a number, got {_describe(value)}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"config key {key!r} must be a string, got {_describe(value)}")
+    if origin is dict:
+        if value is None:
+            return {}
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise ConfigError(f"config key {key!r} must be a mapping, got {_describe(value)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} must be a list, got {_describe(value)}")
+        return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a schema bug
+
+
+def _as_number(value: Any) -> float | int | None:
+    """Numbers, and strings like ``"1e-2"`` (YAML 1.1 reads ``1e-2`` as a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+# -- values ---------------------------------------------------------------------------
+def validate(config: Config) -> None:
+    """Check values the types cannot: ranges, names in the registries, multiples."""
+    from .registry import FAMILIES, MODELS, OBJECTIVES
+
+    for registry, section, key in (
+        (MODELS, config.model, "model.name"),
+        (FAMILIES, config.family, "family.name"),
+        (OBJECTIVES, config.objective, "objective.name"),
+    ):
+        try:
+            registry.get(section.name)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    train, log, opt, data = config.train, config.logging, config.optimizer, config.data
+    _positive(train.steps, "train.steps")
+    _positive(train.epochs, "train.epochs")
+    if train.steps is not None and train.epochs is not None:
+        raise ConfigError("give train.steps or train.epochs, not both (set one to null)")
+    _positive(train.batch_size, "train.batch_size")
+    _positive(train.max_bad_steps, "train.max_bad_steps")
+    _positive(train.num_threads, "train.num_threads")
+    if not (opt.lr > 0 and math.isfinite(opt.lr)):
+        raise ConfigError(f"optimizer.lr must be a positive number, got {opt.lr}")
+    if opt.lr_schedule not in ("auto", "constant", "cosine"):
+        raise ConfigError(
+            f"optimizer.lr_schedule must be one of auto, constant, cosine; got {opt.lr_schedule!r}"
+        )
+    if not 0.0 <= opt.average_from < 1.0:
+        raise ConfigError(f"optimizer.average_from must be in [0, 1), got {opt.average_from}")
+    if opt.clip_grad_norm is not None and not opt.clip_grad_norm > 0:
+        raise ConfigError(f"optimizer.clip_grad_norm must be positive, got {opt.clip_grad_norm}")
+    if train.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train.device must be cpu, cuda[:N] or mps; got {train.device!r}")
+    _positive(log.log_every, "logging.log_every")
+    for key in ("grad_stats_every", "histogram_every"):
+        every = getattr(log, key)
+        if every < 0 or every % log.log_every:
+            raise ConfigError(
+                f"logging.{key} must be 0 (off) or a multiple of logging.log_every "
+                f"({log.log_every}), got {every}"
+            )
+    _positive(log.grad_stats_draws, "logging.grad_stats_draws")
+    if log.grad_stats_draws < 2 and log.grad_stats_every:
+        raise ConfigError("logging.grad_stats_draws must be >= 2 to estimate a variance")
+    _positive(log.kl_samples, "logging.kl_samples")
+    _positive(log.elbo_samples, "logging.elbo_samples")
+    _positive(log.checkpoint_every, "logging.checkpoint_every")
+    _positive(data.num_data, "data.num_data")
+    _positive(data.dim, "data.dim")
+    if not 0.0 <= data.correlation < 1.0:
+        raise ConfigError(f"data.correlation must be in [0, 1), got {data.correlation}")
+    if data.source not in ("synthetic", "none"):
+        path = Path(data.source)
+        if path.suffix not in (".csv", ".npz"):
+            raise ConfigError(
+                f"data.source must be 'synthetic', 'none' or a .csv/.npz file, got {data.source!r}"
+            )
+        if not path.is_file():
+            raise ConfigError(f"data.source {data.source!r} does not exist; check the path")
+
+
+def _positive(value: int | None, key: str) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value}")

@@ -1,0 +1,385 @@
+"""Monitoring callback: KL divergences, gradient-noise statistics, histograms, figures, hparams.
+
+:class:`TrainingMonitor` is a trainer callback. Each time the trainer logs (every
+``log_every`` steps) it adds to the metrics
+
+* ``kl/prior``: :math:`\\mathrm{KL}(q\\|p_0) = \\mathbb{E}_q[\\log q(z) - \\log p_0(z)]`, the
+  reverse KL from the family to the prior over the unconstrained :math:`z`; analytic when
+  both are Gaussian, otherwise a Monte Carlo average over draws :math:`z \\sim q` with
+  :math:`\\log p_0(z) = \\log p(T(z)) + \\log|\\det J_T(z)|`;
+* ``kl/posterior``: :math:`\\mathrm{KL}(q\\|p(\\cdot\\mid D))` when the model is a
+  :class:`~svi_torch.models.ConjugateModel` (exact posterior known); analytic for Gaussian
+  families. Since :math:`\\mathrm{ELBO} = \\log p(D) - \\mathrm{KL}(q\\|p)`, this is the gap of
+  the bound;
+* every ``grad_stats_every`` steps, ``grad/variance`` and ``grad/snr``: ``R`` independent
+  gradient estimates :math:`g_1..g_R` of the loss on one fixed minibatch (so only the
+  particle noise varies), total variance :math:`\\sum_j \\widehat{\\mathrm{Var}}[g_j]` and
+  signal-to-noise ratio :math:`\\|\\bar g\\| / \\sqrt{\\sum_j \\widehat{\\mathrm{Var}}[g_j]}`;
+
+and every ``histogram_every`` steps it writes histograms of the variational means and
+marginal standard deviations. :meth:`TrainingMonitor.finish` writes the hyperparameters with
+the final metrics (TensorBoard's HParams tab) and a figure of the marginals of :math:`q`
+against the exact posterior (or the prior). All random draws here run under a forked RNG
+state, so monitoring never changes the training trajectory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import (
+    Distribution,
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
+
+from ..families.base import VariationalFamily
+from ..models.base import ConjugateModel, Model
+
+__all__ = [
+    "TrainingMonitor",
+    "unconstrained_prior",
+    "exact_posterior",
+    "kl_to_prior",
+    "kl_to_posterior",
+    "gradient_statistics",
+    "marginals_figure",
+]
+
+
+# -- reference distributions -----------------------------------------------------------
+def unconstrained_prior(model: Model) -> Distribution | None:
+    """The prior over the unconstrained :math:`z` as a distribution, where it is known.
+
+    A model may provide ``unconstrained_prior()`` itself; the built-in models with a
+    Gaussian prior on real-valued parameters are recognised here. ``None`` otherwise (the
+    KL to the prior then falls back to Monte Carlo).
+    """
+    custom = getattr(model, "unconstrained_prior", None)
+    if callable(custom):
+        return custom()
+    from ..models import BayesianLinearRegression, BayesianLogisticRegression, NormalMean
+
+    dtype, device = _dtype_device(model)
+    if isinstance(model, NormalMean):
+        loc = torch.full((1,), model.prior_loc, dtype=dtype, device=device)
+        return MultivariateNormal(
+            loc, model.prior_scale**2 * torch.eye(1, dtype=dtype, device=device)
+        )
+    gaussian_beta = isinstance(model, BayesianLogisticRegression) or (
+        isinstance(model, BayesianLinearRegression) and model.noise_scale is not None
+    )
+    if gaussian_beta:
+        eye = torch.eye(model.dim, dtype=dtype, device=device)
+        return MultivariateNormal(
+            torch.zeros(model.dim, dtype=dtype, device=device), eye * model.prior_scale**2
+        )  # type: ignore[attr-defined]
+    return None
+
+
+def exact_posterior(model: Model) -> Distribution | None:
+    """:math:`p(z\\mid D)` for conjugate models (``None`` when unknown or not available)."""
+    if not isinstance(model, ConjugateModel):
+        return None
+    try:
+        with torch.no_grad():
+            return model.exact_posterior()
+    except (NotImplementedError, ValueError):
+        return None
+
+
+def _gaussian(family: VariationalFamily) -> Distribution | None:
+    """:math:`q` as a float64 Gaussian (from its own factors) when the family is Gaussian.
+
+    The factors (Cholesky, low-rank, diagonal) are converted, never the covariance
+    :math:`LL^\top` formed in float32, which can lose positive definiteness when the
+    posterior is narrow and correlated.
+    """
+    with torch.no_grad():
+        dist = family()
+        if isinstance(dist, MultivariateNormal):
+            return MultivariateNormal(dist.loc.double(), scale_tril=dist.scale_tril.double())
+        if isinstance(dist, LowRankMultivariateNormal):
+            return LowRankMultivariateNormal(
+                dist.loc.double(), dist.cov_factor.double(), dist.cov_diag.double()
+            )
+        if (
+            isinstance(dist, Independent)
+            and isinstance(dist.base_dist, Normal)
+            and dist.reinterpreted_batch_ndims == 1
+            and dist.event_shape == (family.dim,)
+        ):
+            scale = dist.base_dist.scale.double().expand(family.dim)
+            return MultivariateNormal(
+                dist.base_dist.loc.double().expand(family.dim), scale_tril=torch.diag_embed(scale)
+            )
+    return None
+
+
+def _double(dist: Distribution) -> Distribution:
+    if isinstance(dist, MultivariateNormal):
+        return MultivariateNormal(dist.loc.double(), scale_tril=dist.scale_tril.double())
+    return dist
+
+
+# -- KL divergences ----------------------------------------------------------------------
+def kl_to_prior(
+    model: Model,
+    family: VariationalFamily,
+    num_samples: int = 256,
+    prior: Distribution | None = None,
+) -> tuple[float, str]:
+    """Reverse :math:`\\mathrm{KL}(q\\|p_0)` to the prior and the method (``"analytic"``/``"mc"``)."""
+    prior = prior if prior is not None else unconstrained_prior(model)
+    with torch.no_grad():
+        q = _gaussian(family)
+        if q is not None and prior is not None:
+            with contextlib.suppress(NotImplementedError):
+                return kl_divergence(q, _double(prior)).item(), "analytic"
+        z, log_q = family.rsample_and_log_prob((num_samples,))
+        if prior is not None:
+            log_p = prior.log_prob(z)
+        else:
+            params, log_det = model.constrain(z)
+            log_p = model.log_prior(params) + log_det
+        return (log_q - log_p).double().mean().item(), "mc"
+
+
+def kl_to_posterior(
+    family: VariationalFamily, posterior: Distribution, num_samples: int = 256
+) -> tuple[float, str]:
+    """Reverse :math:`\\mathrm{KL}(q\\|p(\\cdot\\mid D))`, analytic for Gaussian pairs."""
+    with torch.no_grad():
+        q = _gaussian(family)
+        if q is not None:
+            with contextlib.suppress(NotImplementedError):
+                return kl_divergence(q, _double(posterior)).item(), "analytic"
+        z, log_q = family.rsample_and_log_prob((num_samples,))
+        return (log_q - posterior.log_prob(z)).double().mean().item(), "mc"
+
+
+# -- gradient noise --------------------------------------------------------------------
+def gradient_statistics(trainer: Any, draws: int = 16) -> tuple[float, float]:
+    """Total variance and SNR of the loss gradient over ``draws`` estimates on one batch.
+
+    Returns ``(sum_j Var[g_j], ||mean g|| / sqrt(sum_j Var[g_j]))`` with the unbiased
+    sample variance over the ``draws`` estimates. The batch is fixed, so the spread is
+    the Monte Carlo noise of the objective's particles alone.
+    """
+    model, family, objective = trainer.model, trainer.family, trainer.objective
+    params = [p for p in trainer.params if p.requires_grad]
+    stream = trainer.stream
+    if stream is None:
+        batch, scale = None, 1.0
+    else:
+        g = torch.Generator().manual_seed(int(trainer.config.seed) * 7919 + int(trainer.step))
+        indices = torch.randperm(model.num_data, generator=g)[: stream.batch_size]
+        batch = model.index_data(indices.to(stream.device))
+        scale = model.num_data / indices.shape[0]
+    estimates = []
+    for _ in range(draws):
+        output = objective(family, model, batch, likelihood_scale=scale)
+        grads = torch.autograd.grad(output.loss, params, allow_unused=True)
+        estimates.append(
+            torch.cat(
+                [
+                    (gr if gr is not None else torch.zeros_like(p)).reshape(-1)
+                    for gr, p in zip(grads, params, strict=True)
+                ]
+            )
+        )
+    stacked = torch.stack(estimates).double()
+    variance = stacked.var(0).sum()
+    snr = stacked.mean(0).norm() / variance.sqrt()
+    return variance.item(), snr.item()
+
+
+# -- the callback ------------------------------------------------------------------------
+class TrainingMonitor:
+    """Trainer callback adding KL, gradient-noise metrics and histograms; see the module doc.
+
+    Args:
+        grad_stats_every: steps between gradient statistics (0: never); a multiple of the
+            trainer's ``log_every``.
+        grad_stats_draws: gradient estimates per statistic, ``R >= 2``.
+        histogram_every: steps between histograms (0: never).
+        kl_samples: draws for Monte Carlo KL estimates.
+        seed: seed of the monitor's own random draws.
+
+    Example:
+        >>> monitor = TrainingMonitor(grad_stats_every=500)
+        >>> # st.fit(model, family, loggers=[logger], callbacks=[monitor], log_every=100)
+    """
+
+    def __init__(
+        self,
+        grad_stats_every: int = 500,
+        grad_stats_draws: int = 16,
+        histogram_every: int = 500,
+        kl_samples: int = 256,
+        seed: int = 0,
+    ) -> None:
+        if grad_stats_every and grad_stats_draws < 2:
+            raise ValueError("grad_stats_draws must be >= 2 to estimate a variance")
+        self.grad_stats_every = grad_stats_every
+        self.grad_stats_draws = grad_stats_draws
+        self.histogram_every = histogram_every
+        self.kl_samples = kl_samples
+        self.seed = seed
+        self._posterior: Distribution | None = None
+        self._prior: Distribution | None = None
+        self._references_for: int | None = None
+
+    def references(self, model: Model) -> tuple[Distribution | None, Distribution | None]:
+        """``(exact posterior, prior)`` over :math:`z`, each ``None`` when unknown; cached."""
+        # The exact posterior costs O(N D^2): compute it once per model.
+        if self._references_for != id(model):
+            self._posterior = exact_posterior(model)
+            self._prior = unconstrained_prior(model)
+            self._references_for = id(model)
+        return self._posterior, self._prior
+
+    @contextlib.contextmanager
+    def _own_rng(self, family: VariationalFamily, step: int) -> Iterator[None]:
+        devices = [p.device for p in family.parameters() if p.device.type == "cuda"][:1]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed * 1_000_003 + step)
+            yield
+
+    def kl_metrics(self, model: Model, family: VariationalFamily, step: int) -> dict[str, float]:
+        """``kl/prior`` and (when the posterior is known) ``kl/posterior``."""
+        self.references(model)
+        out: dict[str, float] = {}
+        with self._own_rng(family, step):
+            out["kl/prior"], _ = kl_to_prior(model, family, self.kl_samples, self._prior)
+            if self._posterior is not None:
+                out["kl/posterior"], _ = kl_to_posterior(family, self._posterior, self.kl_samples)
+        return out
+
+    def on_log(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        """Add the KL metrics (and, on their steps, gradient statistics and histograms)."""
+        family, model = trainer.family, trainer.model
+        metrics.update(self.kl_metrics(model, family, step))
+        if self.grad_stats_every and step % self.grad_stats_every == 0:
+            with self._own_rng(family, step):
+                variance, snr = gradient_statistics(trainer, self.grad_stats_draws)
+            metrics["grad/variance"] = variance
+            metrics["grad/snr"] = snr
+        if self.histogram_every and step % self.histogram_every == 0:
+            self.log_histograms(trainer.loggers, step, family)
+
+    @staticmethod
+    def log_histograms(loggers: Sequence[Any], step: int, family: VariationalFamily) -> None:
+        with torch.no_grad():
+            values = {"family/loc": family.mean(), "family/scale": family.variance().sqrt()}
+        for logger in loggers:
+            logger.log_histograms(step, values)
+
+    def finish(
+        self,
+        loggers: Sequence[Any],
+        step: int,
+        model: Model,
+        family: VariationalFamily,
+        hparams: dict[str, Any],
+        final_metrics: dict[str, float],
+        figure: bool = True,
+        figure_path: Path | None = None,
+    ) -> None:
+        """Write final histograms, the marginals figure and the hparams with final metrics."""
+        self.references(model)
+        self.log_histograms(loggers, step, family)
+        if figure:
+            fig = marginals_figure(model, family, self._posterior, self._prior)
+            if figure_path is not None:
+                fig.savefig(figure_path, dpi=100)
+            for logger in loggers:
+                logger.log_figure(step, "posterior/marginals", fig)
+        finite = {k: v for k, v in final_metrics.items() if math.isfinite(v)}
+        for logger in loggers:
+            logger.log_hparams(hparams, finite)
+
+
+# -- figure ------------------------------------------------------------------------------
+def marginals_figure(
+    model: Model,
+    family: VariationalFamily,
+    posterior: Distribution | None = None,
+    prior: Distribution | None = None,
+    max_panels: int = 12,
+    num_samples: int = 4000,
+) -> Any:
+    """Marginals of :math:`q` over each unconstrained coordinate against a reference.
+
+    The reference is the exact posterior when known (its marginal :math:`\\mathcal{N}(m_d,
+    \\Sigma_{dd})`), else the prior; draws are histogrammed when no closed form exists.
+    Returns a ``matplotlib.figure.Figure`` (no pyplot state, safe in threads and servers).
+    """
+    from matplotlib.figure import Figure
+
+    names = model.flat_names()
+    if len(names) != model.dim:
+        names = [f"z[{d}]" for d in range(model.dim)]
+    panels = min(model.dim, max_panels)
+    cols = min(panels, 4)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
+    with torch.no_grad():
+        q_draws = family.sample(num_samples).double().cpu()
+        reference, label = (
+            (posterior, "exact posterior") if posterior is not None else (prior, "prior")
+        )
+        ref_draws = None
+        if reference is not None and not isinstance(reference, MultivariateNormal):
+            ref_draws = reference.sample((num_samples,)).double().cpu()
+        q_gauss = _gaussian(family)
+    for d, ax in enumerate(axes):
+        if d >= panels:
+            ax.set_visible(False)
+            continue
+        lo, hi = q_draws[:, d].quantile(0.001).item(), q_draws[:, d].quantile(0.999).item()
+        ref_mean = ref_sd = None
+        if isinstance(reference, MultivariateNormal):
+            ref_mean = reference.loc[d].double().item()
+            ref_sd = reference.covariance_matrix[d, d].double().sqrt().item()
+            lo, hi = min(lo, ref_mean - 4 * ref_sd), max(hi, ref_mean + 4 * ref_sd)
+        grid = torch.linspace(lo, hi, 300, dtype=torch.float64)
+        if q_gauss is not None:
+            m, s = q_gauss.loc[d].item(), q_gauss.covariance_matrix[d, d].sqrt().item()
+            ax.plot(grid, _normal_pdf(grid, m, s), color="C0", label="q")
+        else:
+            ax.hist(q_draws[:, d], bins=60, density=True, color="C0", alpha=0.5, label="q")
+        if ref_mean is not None:
+            ax.plot(grid, _normal_pdf(grid, ref_mean, ref_sd), "--", color="k", label=label)
+        elif ref_draws is not None:
+            ax.hist(ref_draws[:, d], bins=60, density=True, histtype="step", color="k", label=label)
+        ax.set_title(names[d], fontsize=9)
+        ax.tick_params(labelsize=7)
+        if d == 0:
+            ax.legend(fontsize=7)
+    title = "marginals of q (unconstrained z)"
+    if reference is None:
+        title += "; no reference distribution known"
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _normal_pdf(x: Tensor, mean: float, sd: float) -> Tensor:
+    return torch.exp(-0.5 * ((x - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+
+
+def _dtype_device(model: Model) -> tuple[torch.dtype, torch.device]:
+    buffer = next((b for b in model.buffers() if b.is_floating_point()), None)
+    if buffer is None:
+        return torch.get_default_dtype(), torch.device("cpu")
+    return buffer.dtype, buffer.device
