@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--quiet", action="store_true", help="print only the run directory, no progress bar"
     )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel processes on this machine, launched through torchrun (default 1)",
+    )
 
     sub.add_parser("list", help="list registered families, models, objectives and studies")
 
@@ -75,10 +82,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 # -- train ------------------------------------------------------------------------------
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from .config import load_config
     from .runs import CONFIG_FILE, new_run_dir, train_run
+    from .training.distributed import init_from_environment, shared_value
 
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be a positive number of processes, got {args.nproc}")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from .launch import launch_workers
+
+        return launch_workers(args.nproc, _without_nproc(argv))
     if args.resume:
         if args.config is None or not Path(args.config).is_dir():
             raise ConfigError(
@@ -90,6 +104,12 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, args.overrides)
         run_dir = new_run_dir(args.logdir, config)
+    # Under torchrun: join the job; every rank uses rank 0's run directory name.
+    ctx = init_from_environment(config.train.device)
+    run_dir = Path(shared_value(str(run_dir)))
+    if not ctx.is_main:
+        train_run(config, run_dir, resume=args.resume, progress=False)
+        return 0
     say = (lambda *a: None) if args.quiet else print
     say(f"run directory: {run_dir}")
     start = time.perf_counter()
@@ -166,12 +186,35 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less ``--nproc N`` / ``--nproc=N``: what each worker runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for invalid settings)."""
+    from .runs import RunInterrupted
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    commands = {"train": _train, "list": _list, "study": _study}
+    commands = {
+        "train": lambda a: _train(a, argv),
+        "list": _list,
+        "study": _study,
+    }
     try:
         return commands[args.command](args)
+    except RunInterrupted as err:
+        print(f"svi-torch: {err}", file=sys.stderr)
+        return 128 + err.signum
     except ConfigError as err:
         print(f"svi-torch: error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

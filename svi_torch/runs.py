@@ -35,10 +35,11 @@ import yaml
 from .build import Built, build, train_settings
 from .config import Config, ConfigError, config_to_dict
 from .training.checkpoint import CheckpointError
+from .training.distributed import current_context
 from .training.logging import TensorBoardLogger
 from .training.monitoring import TrainingMonitor, kl_to_posterior, kl_to_prior
 from .training.result import FitResult, estimate_elbo
-from .training.trainer import Trainer
+from .training.trainer import make_trainer
 
 __all__ = ["RunOutcome", "run_name", "new_run_dir", "train_run", "CONFIG_FILE", "CHECKPOINT_FILE"]
 
@@ -56,6 +57,16 @@ class RunOutcome:
     result: FitResult
     metrics: dict[str, Any]
     built: Built
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM paused a run after writing its checkpoint."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        super().__init__(
+            f"interrupted by signal {signum}; resume with `svi-torch train {run_dir} --resume`"
+        )
+        self.signum, self.run_dir = signum, run_dir
 
 
 def run_name(config: Config, when: float | None = None) -> str:
@@ -107,12 +118,18 @@ def train_run(
     settings = train_settings(config, checkpoint, resume)
     settings.progress = progress
     try:
-        trainer = Trainer(built.model, built.family, built.objective, settings)
+        trainer = make_trainer(built.model, built.family, built.objective, settings)
     except CheckpointError as err:
         raise ConfigError(str(err)) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(" ".join(str(err).split())) from None
-    run_dir.mkdir(parents=True, exist_ok=resume)
+    if not current_context().is_main:
+        # Under torchrun, rank 0 alone writes the run directory; the others only train.
+        result = trainer.run()
+        if trainer.interrupted_by is not None:
+            raise RunInterrupted(trainer.interrupted_by, run_dir)
+        return RunOutcome(run_dir, result, {}, built)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     log = config.logging
     # On resume, events after the checkpoint's step were written by the interrupted run.
@@ -128,7 +145,16 @@ def train_run(
     trainer.callbacks.append(monitor)
     try:
         result = trainer.run()
+        if trainer.interrupted_by is not None:
+            # The checkpoint is written; a final metrics.json would claim a finished run.
+            raise RunInterrupted(trainer.interrupted_by, run_dir)
         metrics = final_metrics(result, monitor, log.elbo_samples, log.kl_samples)
+        diagnostics = {
+            k: v
+            for k, v in metrics.items()
+            if k.startswith("diagnostics/") and isinstance(v, int | float)
+        }
+        logger.log_scalars(result.steps, diagnostics)
         monitor.finish(
             [logger],
             result.steps,
@@ -196,8 +222,22 @@ def final_metrics(
                 exact_variance_min=exact_var.min().item(),
                 exact_variance_max=exact_var.max().item(),
             )
+        metrics.update(_diagnostics(result, elbo_samples))
         metrics["posterior"] = result.posterior_summary(min(elbo_samples, 4000))
     return {k: _plain(v) for k, v in metrics.items()}
+
+
+def _diagnostics(result: FitResult, num_samples: int) -> dict[str, Any]:
+    """PSIS k-hat and the importance-weighted log p(D) (``diagnostics/...`` keys).
+
+    Families conditioned on a context (amortized) have no single q(z) to weight against
+    p(z, D); their runs report none rather than a number about the wrong density.
+    """
+    try:
+        diag = result.diagnose(num_samples=num_samples, seed=0)
+    except (ValueError, TypeError, NotImplementedError) as err:
+        return {"diagnostics/unavailable": " ".join(str(err).split())}
+    return {**diag.as_dict(), "diagnostics/khat_reading": diag.reading}
 
 
 def full_data_elbo(model: Any, family: Any, num_samples: int, chunk: int) -> tuple[float, float]:

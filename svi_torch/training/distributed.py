@@ -36,6 +36,7 @@ __all__ = [
     "broadcast_parameters",
     "average_gradients",
     "average_metrics",
+    "shared_value",
     "COLLECTIVE_TIMEOUT",
 ]
 
@@ -129,3 +130,12 @@ def average_metrics(metrics: dict[str, Tensor], world_size: int) -> dict[str, Te
     dist.all_reduce(stacked)
     stacked /= world_size
     return {k: stacked[i] for i, k in enumerate(keys)}
+
+
+def shared_value(value: object, src: int = 0) -> object:
+    """Rank ``src``'s ``value`` on every rank (e.g. a run directory name); as is alone."""
+    if not current_context().active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src)
+    return box[0]
