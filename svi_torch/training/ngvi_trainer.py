@@ -14,6 +14,7 @@ from ..families.gaussian import GaussianFamily
 from ..models.base import Model
 from ..objectives.base import Objective, ObjectiveOutput
 from ..objectives.elbo import ELBO
+from .distributed import current_context
 from .natural_gradient import NaturalGradientVI, default_step_size
 from .trainer import TrainConfig, Trainer
 
@@ -32,9 +33,15 @@ def use_natural_gradient(
     are Adam settings; giving them keeps the Adam path).
     """
     name = config.optimizer.lower() if isinstance(config.optimizer, str) else config.optimizer
+    distributed = current_context().active
     if name == "ngvi":
+        if distributed:
+            raise ValueError(
+                "optimizer='ngvi' runs in one process; use optimizer='adam' for "
+                "data-parallel (torchrun) training"
+            )
         return True
-    if name != "auto":
+    if name != "auto" or distributed:  # data-parallel 'auto' is Adam
         return False
     trainable = any(p.requires_grad for p in model.parameters())
     return (
