@@ -64,13 +64,13 @@ class KLEstimate:
     num_samples: int = 0
 
     def __float__(self) -> float:
-        return float(self.value)
+        return float(torch.as_tensor(self.value).detach())
 
     def __str__(self) -> str:
         formula = "KL(q||p)" if self.direction == "reverse" else "KL(p||q)"
         if self.method == "analytic":
-            return f"{formula} = {float(self.value):.6g} (analytic)"
-        return f"{formula} = {float(self.value):.6g} ± {float(self.stderr):.2g} (MC, S={self.num_samples})"
+            return f"{formula} = {float(torch.as_tensor(self.value).detach()):.6g} (analytic)"
+        return f"{formula} = {float(torch.as_tensor(self.value).detach()):.6g} ± {float(torch.as_tensor(self.stderr).detach()):.2g} (MC, S={self.num_samples})"
 
 
 def kl(
