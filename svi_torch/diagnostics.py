@@ -122,11 +122,16 @@ def psis_khat(log_weights: Tensor) -> KHat:
     ordered = ordered - ordered[-1]
     threshold = ordered[-tail_size - 1]
     exceedances = torch.exp(ordered[-tail_size:]) - torch.exp(threshold)
-    if exceedances.max() <= 0:
+    # Weights are relative to the largest (= 1): a spread below 1e-9 is rounding, and the
+    # GPD fit of such a tail is 0/0 (its estimate of b collapses to zero).
+    if exceedances.max() <= 1e-9:
         return KHat(-math.inf, "good", tail_size)
     from pyro.ops.stats import fit_generalized_pareto  # deferred: importing pyro is slow
 
-    khat, _ = fit_generalized_pareto(exceedances)
+    try:
+        khat, _ = fit_generalized_pareto(exceedances)
+    except ZeroDivisionError:  # a tail too flat to fit: bounded, as above
+        return KHat(-math.inf, "good", tail_size)
     khat = float(khat)
     return KHat(khat, khat_reading(khat), tail_size)
 
