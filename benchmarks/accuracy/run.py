@@ -47,7 +47,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer import autoguide as ag
 from pyro.ops.stats import fit_generalized_pareto
 from pyro.poutine.util import site_is_subsample
-from torch import Tensor, nn
+from torch import Tensor
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -60,6 +60,7 @@ from svi_torch.families import (  # noqa: E402
     FullRankGaussian,
     LowRankGaussian,
     MeanFieldGaussian,
+    NormalizingFlow,
     VariationalFamily,
 )
 from svi_torch.models import Model, PyroModel  # noqa: E402
@@ -72,48 +73,12 @@ MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
 # -- the flow family --------------------------------------------------------------------------
 
 
-class _LocalIAF(VariationalFamily):
-    """Inverse autoregressive flow over a learnable diagonal Gaussian (used only when
-    ``svi_torch.families.NormalizingFlow`` is not available): Pyro's
-    ``affine_autoregressive`` layers with a permutation between them."""
-
-    def __init__(self, dim: int, layers: int = 2, init_scale: float = 0.1) -> None:
-        super().__init__(dim)
-        from pyro.distributions.transforms import Permute, affine_autoregressive
-
-        self.loc = nn.Parameter(torch.zeros(dim))
-        self.raw_scale = nn.Parameter(torch.full((dim,), math.log(math.expm1(init_scale))))
-        self.layers = nn.ModuleList(affine_autoregressive(dim) for _ in range(layers))
-        generator = torch.Generator().manual_seed(0)
-        self.perms = [torch.randperm(dim, generator=generator) for _ in range(layers - 1)]
-        self._permute = [Permute(p) for p in self.perms]
-
-    def forward(self, context: Tensor | None = None) -> torch.distributions.Distribution:
-        base = torch.distributions.Independent(
-            torch.distributions.Normal(self.loc, nn.functional.softplus(self.raw_scale)), 1
-        )
-        parts: list = []
-        for i, layer in enumerate(self.layers):
-            parts.append(layer)
-            if i < len(self._permute):
-                parts.append(self._permute[i])
-        return torch.distributions.TransformedDistribution(base, parts)
-
-
 def make_flow(dim: int) -> VariationalFamily:
-    """A 2-layer IAF: svi_torch's ``NormalizingFlow`` when the library has it."""
-    try:
-        from svi_torch.families import NormalizingFlow  # type: ignore[attr-defined]
-    except ImportError:
-        return _LocalIAF(dim, layers=2, init_scale=0.1)
+    """A 2-layer inverse autoregressive flow (svi_torch's ``NormalizingFlow``)."""
     return NormalizingFlow(dim, transform="iaf", layers=2, init_scale=0.1)
 
 
 def flow_source() -> str:
-    try:
-        from svi_torch.families import NormalizingFlow  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        return "a local 2-layer IAF family (Pyro's affine_autoregressive layers)"
     return 'svi_torch.families.NormalizingFlow(transform="iaf", layers=2)'
 
 
