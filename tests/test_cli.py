@@ -185,9 +185,15 @@ def test_tensorboard_server_serves_run_and_scalar_tags(quick_run) -> None:
         (["--set", "trian.steps=5"], "unknown config section 'trian'; valid sections: model"),
         (["--set", "train.steps=many"], "config key 'train.steps' must be an integer"),
         (["--set", "train.convergence=7"], "'train.convergence' must be true or false"),
-        (["--set", "family.name=gaussian"], "unknown family 'gaussian'; choose one of ['fullrank'"),
-        (["--set", "model.name=nope"], "unknown model 'nope'; choose one of ['eight_schools'"),
-        (["--set", "objective.name=nope"], "unknown objective 'nope'; choose one of ['elbo'"),
+        (
+            ["--set", "family.name=gaussian"],
+            "unknown family 'gaussian'; choose one of ['amortized'",
+        ),
+        (["--set", "model.name=nope"], "unknown model 'nope'; choose one of ['autoregressive'"),
+        (
+            ["--set", "objective.name=nope"],
+            "unknown objective 'nope'; choose one of ['elbo', 'forward_kl'",
+        ),
         (["--set", "model.name=no_such_module:Model"], "cannot import module 'no_such_module'"),
         (["--set", "train.steps"], "must look like key=value"),
         (["--set", "family.options.bogus=1"], "family 'fullrank':"),
@@ -233,11 +239,17 @@ def test_list_prints_one_line_per_registered_name(capsys) -> None:
     from svi_torch.registry import FAMILIES, MODELS, OBJECTIVES, STUDIES
 
     assert main(["list"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    for registry in (FAMILIES, MODELS, OBJECTIVES, STUDIES):
+    sections: dict[str, list[str]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith(" "):
+            current = sections.setdefault(line.rstrip(":"), [])
+        else:
+            current.append(line)
+    registries = {"families": FAMILIES, "models": MODELS, "objectives": OBJECTIVES}
+    for title, registry in {**registries, "studies": STUDIES}.items():
         for entry in registry.entries():
-            matching = [line for line in lines if line.split()[:1] == [entry.name]]
-            assert len(matching) == 1 and entry.description in matching[0]
+            matching = [line for line in sections[title] if line.split()[:1] == [entry.name]]
+            assert len(matching) == 1 and entry.description in matching[0], (title, entry.name)
     assert "scalability" in STUDIES
 
 

@@ -96,7 +96,7 @@ def test_study_rejects_unknown_settings_with_exit_2_and_no_directory(
     status = main(["study", "scalability", "--set", "num_data=[]", "--logdir", str(tmp_path)])
     assert status == 2 and "non-empty list" in capsys.readouterr().err
     assert main(["study", "nope", "--logdir", str(tmp_path)]) == 2
-    assert "unknown study 'nope'; choose one of ['scalability'" in capsys.readouterr().err
+    assert "unknown study 'nope'; choose one of ['estimators'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
