@@ -42,7 +42,7 @@ def ppca_fit():
     family = AmortizedGaussian(model.dim, context_dim=6, hidden_dims=())
     logger = MemoryLogger()
     torch.manual_seed(0)
-    st.fit(model, family, ELBO(), steps=500, batch_size=100, lr=3e-2, seed=0, loggers=[logger])
+    st.fit(model, family, ELBO(), steps=1500, batch_size=100, lr=3e-2, seed=0, loggers=[logger])
     return x, W, model, family, logger
 
 
@@ -57,7 +57,7 @@ def test_ppca_amortized_elbo_is_below_and_close_to_the_exact_evidence(ppca_fit):
     # allow 4 Monte Carlo standard errors.
     assert elbo <= log_p + 4 * se, (elbo, se, log_p)
     # Stated gap: within 0.05 nats per data point of the *maximum* evidence over theta
-    # (measured: 0.03 per point after 500 steps; 0.005 after 1500).
+    # (measured: 0.03 per point after 500 steps, 0.06 in one CI run; 0.005 after 1500).
     assert log_p_max.item() - elbo < 0.05 * model.num_data, (elbo, log_p_max.item())
 
 
@@ -76,7 +76,7 @@ def test_ppca_learned_loading_subspace_matches_the_generating_one(ppca_fit):
 def test_amortized_fit_logs_posterior_variance_of_local_latents(ppca_fit):
     *_, model, family, logger = ppca_fit
     values = [v for _, v in logger.scalars["posterior/variance_mean"]]
-    assert len(values) == 5
+    assert len(values) == 15  # 1500 steps, logged every 100
     # Exact posterior variance of z_i: sigma^2 / (W^T W + sigma^2) per direction, the same
     # for every point.
     with torch.no_grad():
