@@ -68,3 +68,30 @@ def test_analytic_entropy_probe_is_cached_per_instance():
     family.entropy = counting_entropy
     assert all(family.has_analytic_entropy for _ in range(5))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("cls", [MeanFieldGaussian, FullRankGaussian])
+def test_fused_sample_and_entropy_equal_the_separate_calls(cls):
+    family = _perturbed(cls)
+    torch.manual_seed(3)
+    z, entropy = family.rsample_and_entropy((5,))
+    torch.manual_seed(3)
+    torch.testing.assert_close(z, family.rsample((5,)))
+    torch.testing.assert_close(entropy, family().entropy())
+    # The same gradients reach the parameters as through rsample + entropy.
+    torch.manual_seed(3)
+    fused = torch.autograd.grad((z.sum() + entropy), list(family.parameters()))
+    torch.manual_seed(3)
+    separate = family.rsample((5,)).sum() + family.entropy()
+    for a, b in zip(fused, torch.autograd.grad(separate, list(family.parameters())), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_sample_and_entropy_call_a_subclass_override():
+    class Tempered(MeanFieldGaussian):
+        def entropy(self, context=None):
+            return 2.0 * super().entropy(context)
+
+    family = Tempered(3, init_scale=0.5)
+    _, entropy = family.rsample_and_entropy((2,))
+    torch.testing.assert_close(entropy, 2.0 * MeanFieldGaussian.entropy(family))

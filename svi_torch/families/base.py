@@ -99,6 +99,16 @@ class VariationalFamily(nn.Module, ABC):
         """
         return self(context).rsample(torch.Size(sample_shape))
 
+    def rsample_and_entropy(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Reparameterized :math:`z \\sim q_\\phi` and the analytic :math:`H[q_\\phi]` together.
+
+        What the ELBO with an analytic entropy needs each step; families override it to
+        compute their scale once for both.
+        """
+        return self.rsample(sample_shape, context), self.entropy(context)
+
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """:math:`\\log q_\\phi(z)`."""
         return self(context).log_prob(z)

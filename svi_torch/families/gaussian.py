@@ -60,6 +60,18 @@ def _entropy_from_log_scale(dim: int, sum_log_scale: Tensor) -> Tensor:
     return sum_log_scale + dim * (0.5 + _HALF_LOG_2PI)
 
 
+def _overridden(family: nn.Module, base: type) -> bool:
+    """Whether a subclass of ``base`` overrides ``rsample`` or ``entropy``.
+
+    The fused ``rsample_and_entropy`` computes both itself; a subclass that changes either
+    one must get its own versions called instead.
+    """
+    cls = type(family)
+    return cls is not base and (
+        cls.rsample is not base.rsample or cls.entropy is not base.entropy  # type: ignore[attr-defined]
+    )
+
+
 def _initial_loc(dim: int, init_loc: Tensor | float) -> Tensor:
     loc = torch.as_tensor(init_loc, dtype=torch.get_default_dtype())
     if loc.dim() == 0:
@@ -142,6 +154,15 @@ class MeanFieldGaussian(GaussianFamily):
     ) -> Tensor:
         return self.loc + _standard_noise(self.loc, tuple(sample_shape)) * self.scale
 
+    def rsample_and_entropy(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if _overridden(self, MeanFieldGaussian):
+            return super().rsample_and_entropy(sample_shape, context)
+        scale = self.scale
+        z = self.loc + _standard_noise(self.loc, tuple(sample_shape)) * scale
+        return z, _entropy_from_log_scale(self.dim, scale.log().sum(-1))
+
     def entropy(self, context: Tensor | None = None) -> Tensor:
         """:math:`H[q] = \\sum_d \\log \\sigma_d + \\tfrac D2 (1 + \\log 2\\pi)`."""
         return _entropy_from_log_scale(self.dim, self.scale.log().sum(-1))
@@ -202,6 +223,16 @@ class FullRankGaussian(GaussianFamily):
         self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
     ) -> Tensor:
         return self.loc + _standard_noise(self.loc, tuple(sample_shape)) @ self.scale_tril.mT
+
+    def rsample_and_entropy(
+        self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if _overridden(self, FullRankGaussian):
+            return super().rsample_and_entropy(sample_shape, context)
+        diag = F.softplus(self.raw_diag)
+        scale_tril = self.tril * self._strict_lower + torch.diag_embed(diag)
+        z = self.loc + _standard_noise(self.loc, tuple(sample_shape)) @ scale_tril.mT
+        return z, _entropy_from_log_scale(self.dim, diag.log().sum(-1))
 
     def entropy(self, context: Tensor | None = None) -> Tensor:
         """:math:`H[q] = \\sum_d \\log L_{dd} + \\tfrac D2 (1 + \\log 2\\pi)`."""

@@ -17,6 +17,7 @@ which is unbiased for the full-data log joint when the batch is drawn uniformly.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping
@@ -48,6 +49,11 @@ class ParamSpec:
     def size(self) -> int:
         """Number of unconstrained coordinates."""
         return math.prod(self.unconstrained_shape)
+
+    @functools.cached_property
+    def is_identity(self) -> bool:
+        """Whether the support is the real line (no transform, no Jacobian)."""
+        return _is_identity(self.transform)
 
 
 @dataclass
@@ -94,6 +100,7 @@ class Model(nn.Module):
         self._param_specs: dict[str, ParamSpec] = {}
         self._data_names: list[str] = []
         self._dim = 0
+        self._z_is_param: str | None = None
         self.num_data = 0
 
     # -- declaration ---------------------------------------------------------------
@@ -132,6 +139,14 @@ class Model(nn.Module):
         spec = ParamSpec(name, shape, support, transform, unconstrained_shape, self._dim)
         self._param_specs[name] = spec
         self._dim += spec.size
+        only = next(iter(self._param_specs.values()))
+        # One real vector parameter (a GLM's coefficients): z *is* the parameter, and
+        # ``constrain`` can skip slicing and reshaping on the hot path.
+        self._z_is_param = (
+            only.name
+            if len(self._param_specs) == 1 and len(shape) == 1 and _is_identity(transform)
+            else None
+        )
         return spec
 
     def set_data(self, **arrays: object) -> None:
@@ -164,7 +179,8 @@ class Model(nn.Module):
 
     def index_data(self, indices: Tensor) -> Batch:
         """The minibatch of rows ``indices``: plain tensor indexing, no collation."""
-        return {name: getattr(self, name)[indices] for name in self._data_names}
+        buffers = self._buffers  # direct: nn.Module.__getattr__ costs more than the gather
+        return {name: buffers[name][indices] for name in self._data_names}
 
     def flat_names(self) -> list[str]:
         """Names of every constrained scalar, e.g. ``["mu", "beta[0]", "beta[1]"]``."""
@@ -178,6 +194,17 @@ class Model(nn.Module):
         return names
 
     # -- the maths -----------------------------------------------------------------
+    def log_prior_from_z(self, z: Tensor) -> Tensor | None:
+        """Optional fast path: :math:`\\log p(\\theta)` computed straight from the flat :math:`z`.
+
+        ``None`` (the default) means ``log_prior(constrain(z)[0])``. A model whose prior is
+        one formula over every coordinate (a network's i.i.d. Gaussian weights) overrides
+        it, so that the prior costs a few tensor ops per step instead of a few per
+        parameter. It must return the same value as :meth:`log_prior`; the Jacobian of the
+        constraining transform is added separately either way.
+        """
+        return None
+
     def log_prior(self, params: Mapping[str, Tensor]) -> Tensor:
         """:math:`\\log p(\\theta)`; shape = particle shape. Return zeros for a flat prior."""
         raise NotImplementedError(f"{type(self).__name__} must implement log_prior")
@@ -194,17 +221,21 @@ class Model(nn.Module):
                 f"dim={self._dim}; build the family with model.dim"
             )
         sample_shape = z.shape[:-1]
+        if self._z_is_param is not None:
+            return {self._z_is_param: z}, z.new_zeros(sample_shape)
         params: dict[str, Tensor] = {}
         log_det = z.new_zeros(sample_shape)
         for spec in self._param_specs.values():
             u = z[..., spec.offset : spec.offset + spec.size].reshape(
                 tuple(sample_shape) + spec.unconstrained_shape
             )
+            if spec.is_identity:
+                params[spec.name] = u
+                continue
             theta = spec.transform(u)
             params[spec.name] = theta
-            if not _is_identity(spec.transform):
-                ldj = spec.transform.log_abs_det_jacobian(u, theta)
-                log_det = log_det + ldj.reshape(tuple(sample_shape) + (-1,)).sum(-1)
+            ldj = spec.transform.log_abs_det_jacobian(u, theta)
+            log_det = log_det + ldj.reshape(tuple(sample_shape) + (-1,)).sum(-1)
         return params, log_det
 
     def unconstrain(self, params: Mapping[str, Tensor]) -> Tensor:
@@ -227,6 +258,7 @@ class Model(nn.Module):
         The likelihood is scaled by ``likelihood_scale``, by default :math:`N/B`.
         """
         params, log_det = self.constrain(z)
+        log_prior = self.log_prior_from_z(z)
         if batch is None:
             batch = self.data
         log_lik = self.log_likelihood(params, batch) if batch else z.new_zeros(z.shape[:-1])
@@ -234,7 +266,7 @@ class Model(nn.Module):
             likelihood_scale = self.num_data / batch_length(batch) if batch else 1.0
         return LogJoint(
             log_likelihood=log_lik * likelihood_scale,
-            log_prior=self.log_prior(params),
+            log_prior=self.log_prior(params) if log_prior is None else log_prior,
             log_det_jacobian=log_det,
         )
 

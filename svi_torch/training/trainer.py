@@ -34,7 +34,7 @@ from .checkpoint import (
 )
 from .convergence import ConvergenceMonitor
 from .distributed import average_gradients, broadcast_parameters, current_context
-from .health import HealthGuard, NonFiniteLossError
+from .health import FiniteCheck, HealthGuard, NonFiniteLossError
 from .history import thin_history
 from .logging import Logger
 from .preflight import check_run_settings, parse_device
@@ -219,7 +219,8 @@ class Trainer:
         self.history: dict[str, list[float]] = {}
         self.elbo_ema: Tensor | None = None
         self.last_output: ObjectiveOutput | None = None
-        self.last_grad_norm: Tensor | None = None
+        self.last_grad_norm = None
+        self._all_finite = FiniteCheck()
         self._last_context: Tensor | None = None
         self._wall_time = 0.0
         if config.resume:
@@ -270,25 +271,43 @@ class Trainer:
             )
             output = ObjectiveOutput(loss=averaged.pop("_loss"), metrics=averaged)
         grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = _grad_norm(grads) if grads else output.loss.new_zeros(())
-        # One host read per step: a NaN step must never reach the parameters. The sum is
-        # finite iff both are (bar overflow at ~1e38, as unusable as Inf), one op fewer.
-        if not bool(torch.isfinite(output.loss.detach() + grad_norm)):
+        # One host read per step: a NaN step must never reach the parameters. One fused op
+        # checks the loss and every gradient (the gradient norm is only computed when
+        # clipping needs it, or when it is logged).
+        if not self._all_finite(output.loss.detach(), grads):
             self._bad_step(output)
             return None
         self.bad_in_a_row = 0
-        if self.config.clip_grad_norm is not None:
+        self._last_grad_norm = None  # computed on demand from the gradients
+        if self.config.clip_grad_norm is not None and grads:
+            grad_norm = _grad_norm(grads)
             torch.nn.utils.clip_grads_with_norm_(grads, self.config.clip_grad_norm, grad_norm)
-        factor = self.schedule.factor(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * factor
+            self._last_grad_norm = grad_norm.detach()
+        lr = self.base_lr * self.schedule.factor(self.step)
+        if self.optimizer.param_groups[0]["lr"] != lr:  # constant in the explore phase
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self.optimizer.step()
         if self.schedule.in_refine(self.step):
             self.average.update(self.params)
-        elbo = output.metrics.get("elbo", -output.loss.detach())
+        elbo = output.metrics.get("elbo")
+        if elbo is None:
+            elbo = -output.loss.detach()
         self.elbo_ema = elbo if self.elbo_ema is None else self.elbo_ema.lerp(elbo, 0.05)
-        self.last_output, self.last_grad_norm = output, grad_norm.detach()
+        self.last_output = output
         return output
+
+    @property
+    def last_grad_norm(self) -> Tensor | None:
+        """Total 2-norm of the last step's gradients (computed on demand, for logging)."""
+        if self._last_grad_norm is not None:
+            return self._last_grad_norm
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return _grad_norm(grads).detach() if grads else None
+
+    @last_grad_norm.setter
+    def last_grad_norm(self, value: Tensor | None) -> None:
+        self._last_grad_norm = value
 
     @property
     def bad_in_a_row(self) -> int:
@@ -470,7 +489,10 @@ class Trainer:
             "health": self.health.state_dict(),
             "last_output": None
             if self.last_output is None
-            else {"loss": self.last_output.loss.detach(), "metrics": self.last_output.metrics},
+            else {
+                "loss": self.last_output.loss.detach(),
+                "metrics": dict(self.last_output.metrics),
+            },
             "last_grad_norm": self.last_grad_norm,
         }
 
