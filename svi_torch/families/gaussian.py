@@ -35,11 +35,11 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 def _standard_noise(loc: Tensor, sample_shape: tuple[int, ...]) -> Tensor:
     """:math:`\\epsilon \\sim \\mathcal{N}(0, I)` of shape ``sample_shape + (D,)``.
 
-    Drawn as ``torch.distributions`` draws it (``normal_`` on an empty tensor), so a
-    fused family consumes the random stream exactly as its distribution would.
+    ``torch.randn`` is ``empty().normal_()`` inside ATen, which is how ``torch.distributions``
+    draws, so a fused family consumes the random stream exactly as its distribution would
+    (tested); one call instead of two costs less per step.
     """
-    shape = torch.Size(sample_shape) + loc.shape
-    return torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_()
+    return torch.randn((*sample_shape, *loc.shape), dtype=loc.dtype, device=loc.device)
 
 
 def _log_prob_from_noise(eps: Tensor, sum_log_scale: Tensor) -> Tensor:
