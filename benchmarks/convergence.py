@@ -63,8 +63,9 @@ def conjugate_problem(num_data: int, dim: int, condition: float, seed: int = 0) 
     X = X * scales
     g = torch.Generator().manual_seed(seed + 7)
     y = X @ beta + torch.randn(num_data, generator=g)
-    model = st.models.BayesianLinearRegression(X, y)
-    post = model.exact_posterior()
+    # The reference in float64: a float32 exact posterior is itself 0.007 nats off at
+    # D = 100 with condition number 3e4 (the fits still run in float32).
+    post = st.models.BayesianLinearRegression(X.double(), y.double()).exact_posterior()
     evals = torch.linalg.eigvalsh(post.covariance_matrix.double())
     cond = (evals.max() / evals.min()).item()
     name = f"linreg N={num_data:.0e} D={dim} cond={cond:.0e}".replace("e+0", "e")

@@ -245,3 +245,72 @@ def test_stein_curvature_estimates_the_expected_hessian():
     torch.testing.assert_close(estimate, -A, atol=0.06, rtol=0)
     diagonal = stein_hessian(z, grad, loc, torch.diagonal(precision))
     torch.testing.assert_close(diagonal, -torch.diagonal(A), atol=0.06, rtol=0)
+
+
+def _ill_conditioned_regression(num_data: int, dim: int, condition: float):
+    """Uncentred, correlated predictors scaled over a factor sqrt(condition) (the
+    construction of ``benchmarks/convergence.py``): a float32 model and the float64 exact
+    posterior (a float32 posterior is itself 0.007 nats off at D = 100)."""
+    X, _, beta = regression_data(num_data, dim, correlation=0.3, seed=0, offset=1.0)
+    X = X * torch.logspace(0, 0.5 * torch.log10(torch.tensor(condition)).item(), dim)
+    y = X @ beta + torch.randn(num_data, generator=torch.Generator().manual_seed(7))
+    post = BayesianLinearRegression(X.double(), y.double()).exact_posterior()
+    evals = torch.linalg.eigvalsh(post.covariance_matrix)
+    return BayesianLinearRegression(X, y), post, (evals.max() / evals.min()).item()
+
+
+@pytest.mark.parametrize(
+    "num_data, dim, condition",
+    [(100_000, 5, 1e4), pytest.param(10_000, 100, 1e3, marks=pytest.mark.slow)],
+)
+def test_default_fit_reaches_the_posterior_on_ill_conditioned_regressions(num_data, dim, condition):
+    """Issue 5's target: defaults, batch 64, KL(q||p) < 0.01 within 2000 steps.
+
+    Measured over seeds 0 and 1: 0.002 (D = 5) and 0.0008 (D = 100) nats; the former
+    default step size B/(4N) gave 0.013 and 0.034 here, so the bound can fail.
+    """
+    model, post, cond = _ill_conditioned_regression(num_data, dim, condition)
+    assert cond > 1e4  # the posterior covariance really is ill-conditioned
+    family = FullRankGaussian(model.dim)
+    result = st.fit(model, family, batch_size=64, steps=2000, seed=0)
+    assert result.steps == 2000
+    with torch.no_grad():
+        q = MultivariateNormal(family.loc.double(), family.covariance().double())
+    kl = kl_divergence(q, MultivariateNormal(post.mean, post.covariance_matrix)).item()
+    assert kl < 0.01, f"KL(q||p) = {kl:.4f} nats"
+
+
+def test_averaged_natural_parameters_keep_an_ill_conditioned_mean():
+    """Averaging (Lambda, Lambda m) and solving back must not lose the mean to rounding."""
+    dim = 60
+    basis = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(0)))[0]
+    precision = basis @ torch.diag(torch.logspace(2, 6.5, dim)) @ basis.T  # cond 3e4
+    precision = 0.5 * (precision + precision.T)
+    loc = torch.linspace(-1, 1, dim)
+    model = NormalMean(torch.zeros(3), prior_scale=1.0)  # only used for its type checks
+    family = FullRankGaussian(dim)
+    ngvi = NaturalGradientVI.__new__(NaturalGradientVI)
+    ngvi.model, ngvi.family, ngvi.diagonal, ngvi.diagonal_q = model, family, False, False
+    ngvi.loc, ngvi.precision = loc.clone(), precision.clone()
+    ngvi.count = 0
+    ngvi.precision_sum = torch.zeros(dim, dim, dtype=torch.float64)
+    ngvi.shift_sum = torch.zeros(dim, dtype=torch.float64)
+    for _ in range(1000):
+        ngvi.accumulate()
+    ngvi.apply_average()
+    error = (ngvi.loc - loc).double()
+    # Whitened error sqrt(d' Lambda d): the KL it costs is half its square.
+    whitened = torch.sqrt(error @ precision.double() @ error).item()
+    assert whitened < 0.01, whitened
+
+
+def test_batched_hessians_equal_the_loop_of_reverse_passes():
+    from svi_torch.curvature import _batched_hessian, _loop_hessian, log_joint_fn
+
+    X, y, _ = st.models.logistic_data(300, 4, seed=2)
+    for model in (st.models.BayesianLogisticRegression(X, y), st.models.EightSchools()):
+        model = model.double()
+        density = log_joint_fn(model, None, None)
+        z = torch.randn(3, model.dim, dtype=torch.float64)
+        for a, b in zip(_batched_hessian(density, z), _loop_hessian(density, z), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

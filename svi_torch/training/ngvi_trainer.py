@@ -61,7 +61,7 @@ class NaturalGradientTrainer(Trainer):
     def _default_lr(self) -> float:
         batch_size = self.stream.batch_size if self.stream is not None else None
         near = self.init_info is None or self.init_info.method == "laplace"
-        return default_step_size(self.model.num_data, batch_size, near)
+        return default_step_size(self.model.num_data, batch_size, near, self.family.dim)
 
     def _auto_init(self) -> str:
         return "auto"  # Laplace (MAP only above LAPLACE_MAX_DIM dimensions)
