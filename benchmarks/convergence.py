@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             ratio = seconds / default_seconds if steps > 0 else math.inf
             speed = f"  svi_torch default {ratio:.0f}x faster" if math.isfinite(ratio) else ""
             if steps <= 0:
-                speed = "  (peer never reached the target)"
+                # Its whole budget took this long without reaching the target: a lower bound.
+                bound = seconds / default_seconds
+                speed = f"  (never reached the target; its {-steps} steps took {bound:.1f}x svi_torch's time to target)"
             print(
                 f"  {label + f' best lr={lr:g}':36s} {fmt(steps, seconds, kl)}{speed}", flush=True
             )

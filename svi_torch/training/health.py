@@ -1,6 +1,6 @@
 """Numerical health of a run: skip non-finite steps, roll back, and give up loudly.
 
-A stochastic-gradient step whose loss or gradient norm is NaN/Inf never reaches the
+A stochastic-gradient step whose loss or any gradient entry is NaN/Inf never reaches the
 parameters: it is skipped and counted (``health/skipped_steps``). Isolated bad steps
 (one unlucky particle in a steep tail) need nothing more. A *streak* of
 ``max_bad_steps`` bad steps means the iterate itself sits somewhere the log density
@@ -81,8 +81,9 @@ class FiniteCheck:
 
     ``torch._amp_foreach_non_finite_check_and_unscale_`` (the kernel behind
     ``torch.amp.GradScaler``) scans every tensor in one call and raises a flag; with a
-    scale of exactly 1 it leaves the values unchanged (x times 1 is x for every float). A gradient norm would do the same job in four ops; this matters because the
-    check runs every step. Falls back to ``torch.isfinite`` on tensors the kernel rejects
+    scale of exactly 1 it leaves the values unchanged (x times 1 is x for every float).
+    A gradient norm would do the same job in four ops; this matters because the check
+    runs every step. Falls back to ``torch.isfinite`` on tensors the kernel rejects
     (mixed devices).
     """
 
