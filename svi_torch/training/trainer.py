@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from .convergence import ConvergenceMonitor
 from .distributed import average_gradients, broadcast_parameters, current_context
+from .fused_step import optimizer_step
 from .health import FiniteCheck, HealthGuard, NonFiniteLossError
 from .history import thin_history
 from .logging import Logger
@@ -202,6 +203,8 @@ class Trainer:
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         self.base_lr = float(lr)
         self.optimizer: Any = self._build_optimizer()
+        # optimizer.step() itself, or the same fused Adam update without its wrapper.
+        self._optimizer_step = optimizer_step(self.optimizer)
         self.schedule = LRSchedule(config.lr_schedule, self.total_steps, config.average_from)
         self.average = IterateAverage()
         if isinstance(config.convergence, ConvergenceMonitor):
@@ -287,7 +290,7 @@ class Trainer:
         if self.optimizer.param_groups[0]["lr"] != lr:  # constant in the explore phase
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        self.optimizer.step()
+        self._optimizer_step()
         if self.schedule.in_refine(self.step):
             self.average.update(self.params)
         elbo = output.metrics.get("elbo")
