@@ -95,3 +95,16 @@ def test_fused_sample_and_entropy_call_a_subclass_override():
     family = Tempered(3, init_scale=0.5)
     _, entropy = family.rsample_and_entropy((2,))
     torch.testing.assert_close(entropy, 2.0 * MeanFieldGaussian.entropy(family))
+
+
+def test_fused_sample_uses_a_subclass_scale_tril():
+    class Shrunk(FullRankGaussian):
+        @property
+        def scale_tril(self):
+            return 0.5 * super().scale_tril
+
+    family = Shrunk(3, init_scale=0.8)
+    torch.manual_seed(1)
+    z, _ = family.rsample_and_entropy((4,))
+    torch.manual_seed(1)
+    torch.testing.assert_close(z, family.rsample((4,)))

@@ -60,16 +60,14 @@ def _entropy_from_log_scale(dim: int, sum_log_scale: Tensor) -> Tensor:
     return sum_log_scale + dim * (0.5 + _HALF_LOG_2PI)
 
 
-def _overridden(family: nn.Module, base: type) -> bool:
-    """Whether a subclass of ``base`` overrides ``rsample`` or ``entropy``.
+def _overridden(family: nn.Module, base: type, *names: str) -> bool:
+    """Whether a subclass of ``base`` overrides any of ``names``.
 
-    The fused ``rsample_and_entropy`` computes both itself; a subclass that changes either
-    one must get its own versions called instead.
+    The fused ``rsample_and_entropy`` computes the sample, the scale and the entropy itself;
+    a subclass that changes one of them must get its own versions called instead.
     """
     cls = type(family)
-    return cls is not base and (
-        cls.rsample is not base.rsample or cls.entropy is not base.entropy  # type: ignore[attr-defined]
-    )
+    return cls is not base and any(getattr(cls, n) is not getattr(base, n) for n in names)
 
 
 def _initial_loc(dim: int, init_loc: Tensor | float) -> Tensor:
@@ -157,7 +155,7 @@ class MeanFieldGaussian(GaussianFamily):
     def rsample_and_entropy(
         self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        if _overridden(self, MeanFieldGaussian):
+        if _overridden(self, MeanFieldGaussian, "rsample", "entropy", "scale"):
             return super().rsample_and_entropy(sample_shape, context)
         scale = self.scale
         z = self.loc + _standard_noise(self.loc, tuple(sample_shape)) * scale
@@ -227,7 +225,7 @@ class FullRankGaussian(GaussianFamily):
     def rsample_and_entropy(
         self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        if _overridden(self, FullRankGaussian):
+        if _overridden(self, FullRankGaussian, "rsample", "entropy", "scale_tril"):
             return super().rsample_and_entropy(sample_shape, context)
         diag = F.softplus(self.raw_diag)
         scale_tril = self.tril * self._strict_lower + torch.diag_embed(diag)
