@@ -57,9 +57,9 @@ def gradient_and_hessian(log_density: LogDensity, z: Tensor) -> tuple[Tensor, Te
     One reverse pass for the gradients with ``create_graph``, then the :math:`D` rows of
     every Hessian from one batched reverse pass of the gradient
     (``torch.autograd.grad(..., is_grads_batched=True)``, which vectorises the :math:`D`
-    vector-Jacobian products with ``vmap``): about 2 ms per step for :math:`D` up to 100 on
-    a minibatch of 64, where a Python loop of :math:`D` passes took 6 ms at :math:`D = 5`
-    and 25 ms at :math:`D = 100`. A backward pass that ``vmap`` cannot batch (an op with
+    vector-Jacobian products with ``vmap``): 1.0 / 1.2 / 1.8 ms at :math:`D` = 5 / 20 / 100
+    on a minibatch of 64, where a Python loop of :math:`D` passes took 2.7 / 5.0 / 23 ms
+    (``python benchmarks/step_overhead.py``). A backward pass that ``vmap`` cannot batch (an op with
     no batching rule in a user's model) falls back to that loop, same result.
 
     Args:

@@ -20,6 +20,7 @@ from torch import Tensor
 from ..data import Batch, batch_length
 from ..families.base import VariationalFamily
 from ..models.base import Model
+from ._checks import check_num_particles, total
 from .base import LazyMetrics, Objective, ObjectiveOutput
 
 __all__ = ["ELBO"]
@@ -53,10 +54,7 @@ class ELBO(Objective):
     gradient: Literal["reparam", "stl"] = "reparam"
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_particles, bool) or not isinstance(self.num_particles, int):
-            raise TypeError(f"num_particles must be an int, got {self.num_particles!r}")
-        if self.num_particles < 1:
-            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
+        check_num_particles(self.num_particles)
         if self.entropy not in (None, "analytic", "mc"):
             raise ValueError(f"entropy must be 'analytic' or 'mc', got {self.entropy!r}")
         if self.gradient not in ("reparam", "stl"):
@@ -95,17 +93,17 @@ class ELBO(Objective):
             # One entropy per data point (amortized q(z_i | x_i) over a minibatch): local
             # terms are scaled by N/B like the likelihood, so the bound stays unbiased.
             entropy = entropy * _local_scale(model, batch, likelihood_scale)
-        entropy = _total(entropy)
+        entropy = total(entropy)
         joint = model.log_joint(z, batch, likelihood_scale)
         terms = (joint.log_likelihood, joint.log_prior, joint.log_det_jacobian)
         if weights is None and terms[0].shape == terms[1].shape == terms[2].shape:
             # Sum the terms per particle, then one mean: the fewest tensor ops per step.
-            elbo = _total(joint.total.mean(0)) + entropy
+            elbo = total(joint.total.mean(0)) + entropy
         else:
-            elbo = sum(_total(_expect(t, weights)) for t in terms) + entropy
+            elbo = sum(total(_expect(t, weights)) for t in terms) + entropy
 
         def term_means() -> dict[str, Tensor]:
-            means = [_total(_expect(t.detach(), weights)) for t in terms]
+            means = [total(_expect(t.detach(), weights)) for t in terms]
             names = ("log_likelihood", "log_prior", "log_det_jacobian")
             return {**dict(zip(names, means, strict=True)), "entropy": entropy.detach()}
 
@@ -124,8 +122,3 @@ def _local_scale(model: Model, batch: Batch | None, likelihood_scale: float | No
     if likelihood_scale is not None:
         return likelihood_scale
     return model.num_data / batch_length(batch) if batch else 1.0
-
-
-def _total(x: Tensor) -> Tensor:
-    """Sum over any batch dimensions (amortized families give one term per data point)."""
-    return x.sum() if x.dim() > 0 else x

@@ -73,11 +73,12 @@ def default_step_size(
     epoch and cancels at its end (each point is used once per epoch), so the excursion is
     a bridge of whitened size about :math:`\\rho N / (2B)` per coordinate, and its cost
     in KL(q||p) about :math:`D (\\rho N/B)^2 / 8`, quadratic in the step and linear in
-    :math:`D`; keeping :math:`\\rho N / B \\le 1/(4\\sqrt D)` bounds it by about 0.002
-    nats before iterate averaging. The start is near the optimum, so little movement is
+    :math:`D`; keeping :math:`\\rho N / B \\le 1/(4\\sqrt D)` bounds it by about 0.008
+    nats before iterate averaging, which removes most of the rest. The start is near the optimum, so little movement is
     needed: on a logistic regression (:math:`N = 10^5`, :math:`D = 50`) the Laplace start
-    is 0.005 nats from the Gaussian family's optimum. Measured with :math:`B = 64`, 2000
-    steps, worst of two seeds (KL to the float64 exact posterior; ``benchmarks/convergence.py``):
+    is 0.005 nats from the Gaussian family's optimum (``c = start`` below). Measured with :math:`B = 64`, 2000
+    steps, worst of two seeds (KL to the float64 exact posterior;
+    ``python benchmarks/ngvi_step_size.py``):
     the former default :math:`B/(4N)` gave 0.004 / 0.006 / 0.013 / 0.034 nats on
     regressions with (N, D, condition number) = (10^3, 5, 10), (10^4, 20, 9e2),
     (10^5, 5, 2e4), (10^4, 100, 3e4), and 0.08 nats from the optimum on that logistic
@@ -157,8 +158,8 @@ class NaturalGradientVI:
                 self.precision = _spd_inverse(cov)
         self.count = 0
         # The sums are kept in float64: the averaged mean is solve(mean Lambda, mean Lambda m),
-        # which multiplies rounding errors by the condition number of Lambda; in float32 a
-        # condition number of 3e4 cost 0.09 nats (measured, D = 100).
+        # which multiplies rounding errors by the condition number of Lambda; float32 sums
+        # fail test_averaged_natural_parameters_keep_an_ill_conditioned_mean.
         self.precision_sum = torch.zeros_like(self.precision, dtype=torch.float64)
         self.shift_sum = torch.zeros_like(self.loc, dtype=torch.float64)  # sum of Lambda m
         self.fallbacks = 0
