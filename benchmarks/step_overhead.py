@@ -4,6 +4,12 @@
   loop of D reverse passes against one batched pass (``is_grads_batched``);
 * ``torch.optim.Adam(fused=True).step()`` against the functional update it wraps (what
   ``training/fused_step.py`` calls), on a 10-dimensional full-rank Gaussian's parameters;
+* ``Optimizer.zero_grad(set_to_none=True)`` against ``optimizer_zero_grad``'s direct loop;
+* a minibatch gather of B random rows (a fresh slice of a permutation each call, as the
+  sampler draws them): ``X[idx]`` against ``X.index_select(0, idx)`` (what
+  ``Model.index_data`` uses), at the speed benchmark's three logistic-regression sizes;
+* a whole ``Trainer.train_step`` with ``training.backward.backward`` against the same step
+  with ``loss.backward()`` (paired blocks, median ratio, as in ``speed.py``);
 * aten ops per training step, svi_torch's ``Trainer.train_step`` against the hand loop of
   ``benchmarks/speed.py`` (logistic regression N=1e4, D=10, B=100, mean-field).
 
@@ -13,6 +19,7 @@ Usage: ``python benchmarks/step_overhead.py``.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -27,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import convergence as bench  # noqa: E402
 import speed  # noqa: E402
 
+import svi_torch.training.trainer as trainer_module  # noqa: E402
 from svi_torch.curvature import _batched_hessian, _loop_hessian, log_joint_fn  # noqa: E402
-from svi_torch.training.fused_step import FusedAdamStep  # noqa: E402
+from svi_torch.training.backward import backward  # noqa: E402
+from svi_torch.training.fused_step import FusedAdamStep, optimizer_zero_grad  # noqa: E402
 
 
 def best_us(fn: Callable[[], object], calls: int) -> float:
@@ -69,6 +78,49 @@ def optimizer_step() -> None:
         f"\nAdam(fused=True).step(): {best_us(adam.step, 5000):.1f} us; "
         f"the functional update (FusedAdamStep): {best_us(fast, 5000):.1f} us"
     )
+    zero_grad = optimizer_zero_grad(adam)
+    print(
+        f"Adam.zero_grad(set_to_none=True): "
+        f"{best_us(lambda: adam.zero_grad(set_to_none=True), 5000):.1f} us; "
+        f"optimizer_zero_grad: {best_us(zero_grad, 5000):.1f} us"
+    )
+
+
+def gathers() -> None:
+    print("\n| N | D | B | X[idx] (us) | X.index_select(0, idx) (us) |")
+    print("|---|---|---|---|---|")
+    for n, d, b in ((10**4, 10, 100), (10**5, 100, 256), (10**6, 50, 1024)):
+        X = torch.randn(n, d)
+        batches = torch.randperm(n)[: n // b * b].view(-1, b)
+        rows = itertools.cycle(list(batches))  # a fresh batch every call
+
+        indexing = best_us(lambda X=X, rows=rows: X[next(rows)], 2000)
+        selecting = best_us(lambda X=X, rows=rows: X.index_select(0, next(rows)), 2000)
+        print(f"| {n:.0e} | {d} | {b} | {indexing:.1f} | {selecting:.1f} |")
+
+
+def backward_path() -> None:
+    print("\n| configuration | step with loss.backward() / with backward() |")
+    print("|---|---|")
+    for n, d, b in ((10**4, 10, 100), (10**5, 100, 256)):
+        case = speed.Case("logreg", n, d, b, "meanfield")
+        X, y = speed.make_data(case)
+        with_wrapper = speed.svi_torch_step(case, X, y, "cpu")
+        direct = speed.svi_torch_step(case, X, y, "cpu")
+
+        def wrapper_step(step=with_wrapper) -> None:
+            trainer_module.backward = lambda loss: loss.backward()
+            step()
+
+        def direct_step(step=direct) -> None:
+            trainer_module.backward = backward
+            step()
+
+        ms = speed.time_interleaved(
+            {"wrapper": wrapper_step, "direct": direct_step}, 41, 0.05, "cpu"
+        )
+        trainer_module.backward = backward
+        print(f"| {case.label} | {ms['wrapper/direct']:.3f} |")
 
 
 def op_counts() -> None:
@@ -97,6 +149,8 @@ def main() -> int:
     print("# python benchmarks/step_overhead.py")
     hessians()
     optimizer_step()
+    gathers()
+    backward_path()
     op_counts()
     return 0
 

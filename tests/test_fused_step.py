@@ -1,4 +1,4 @@
-"""The trainer's Adam shortcut is bit for bit ``optimizer.step()``."""
+"""The trainer's optimizer shortcuts are bit for bit ``optimizer.step()`` / ``zero_grad()``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import svi_torch as st
-from svi_torch.training.fused_step import FusedAdamStep, optimizer_step
+import svi_torch.training.trainer as trainer_module
+from svi_torch.training.fused_step import FusedAdamStep, optimizer_step, optimizer_zero_grad
 
 
 def _params(seed: int) -> list[torch.nn.Parameter]:
@@ -66,16 +67,45 @@ def test_other_optimizers_and_hooks_use_step():
     assert calls == [1, 1]
 
 
-def test_trainer_uses_the_shortcut_and_matches_the_plain_step():
+def test_zero_grad_shortcut_clears_every_group_and_keeps_overrides():
+    params = _params(0)
+    extra = torch.nn.Parameter(torch.ones(3))
+    adam = torch.optim.Adam(params, lr=0.1, fused=True)
+    zero_grad = optimizer_zero_grad(adam)
+    adam.add_param_group({"params": [extra]})  # added after the shortcut was made
+    adam.load_state_dict(adam.state_dict())  # replaces the param_groups list
+    for p in [*params, extra]:
+        p.grad = torch.ones_like(p)
+    zero_grad()
+    assert all(p.grad is None for p in [*params, extra])
+
+    calls = []
+
+    class Logged(torch.optim.SGD):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            calls.append(set_to_none)
+            super().zero_grad(set_to_none)
+
+    logged = Logged(params, lr=0.1)
+    optimizer_zero_grad(logged)()
+    assert calls == [True]
+
+
+def test_trainer_uses_the_shortcuts_and_matches_the_plain_step(monkeypatch):
     def run(use_shortcut: bool) -> list[torch.Tensor]:
         model = st.models.BayesianLinearRegression(*st.models.regression_data(300, 3, seed=4)[:2])
         family = st.families.FullRankGaussian(model.dim)
         config = st.training.TrainConfig(steps=60, batch_size=32, lr=0.02, seed=0)
         trainer = st.training.Trainer(model, family, st.objectives.ELBO(2), config)
         assert isinstance(trainer._optimizer_step, FusedAdamStep)
-        if not use_shortcut:
+        if use_shortcut:
+            trainer.run()
+        else:
             trainer._optimizer_step = trainer.optimizer.step
-        trainer.run()
+            trainer._zero_grad = lambda: trainer.optimizer.zero_grad(set_to_none=True)
+            with monkeypatch.context() as patch:
+                patch.setattr(trainer_module, "backward", lambda loss: loss.backward())
+                trainer.run()
         return [p.detach().clone() for p in family.parameters()]
 
     for fast, plain in zip(run(True), run(False), strict=True):

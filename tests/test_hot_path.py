@@ -112,3 +112,21 @@ def test_single_vector_parameter_is_z_itself_and_others_are_sliced():
     params, log_det = schools.constrain(z)
     torch.testing.assert_close(schools.unconstrain(params), z)
     assert (log_det != 0).all()  # the positive scale has a Jacobian
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [
+        torch.tensor([7, 0, 3, 3, 11]),  # the samplers' int64 rows (repeats allowed)
+        torch.tensor([2, 5, 1], dtype=torch.int32),
+        torch.arange(12) % 3 == 0,  # a boolean mask: plain indexing
+        torch.tensor([[1, 2], [3, 4]]),  # a 2-D index: plain indexing
+    ],
+)
+def test_index_data_gathers_the_same_rows_as_indexing(indices):
+    g = torch.Generator().manual_seed(0)
+    model = st.models.BayesianLinearRegression(torch.randn(12, 3, generator=g), torch.randn(12))
+    model.set_data(X=torch.randn(12, 3, 2, generator=g), y=torch.randn(12, generator=g))
+    batch = model.index_data(indices)
+    for name, full in model.data.items():
+        assert torch.equal(batch[name], full[indices]), name

@@ -25,6 +25,7 @@ from ..initialization import initialize
 from ..models.base import Model
 from ..objectives.base import Objective, ObjectiveOutput
 from ..objectives.elbo import ELBO
+from .backward import backward
 from .checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -34,7 +35,7 @@ from .checkpoint import (
 )
 from .convergence import ConvergenceMonitor
 from .distributed import average_gradients, broadcast_parameters, current_context
-from .fused_step import optimizer_step
+from .fused_step import optimizer_step, optimizer_zero_grad
 from .health import FiniteCheck, HealthGuard, NonFiniteLossError
 from .history import thin_history
 from .logging import Logger
@@ -205,6 +206,7 @@ class Trainer:
         self.optimizer: Any = self._build_optimizer()
         # optimizer.step() itself, or the same fused Adam update without its wrapper.
         self._optimizer_step = optimizer_step(self.optimizer)
+        self._zero_grad = optimizer_zero_grad(self.optimizer)
         self.schedule = LRSchedule(config.lr_schedule, self.total_steps, config.average_from)
         self.average = IterateAverage()
         if isinstance(config.convergence, ConvergenceMonitor):
@@ -264,9 +266,9 @@ class Trainer:
             scale = self.model.num_data / indices.shape[0]
         # Amortized families need the batch's context to report a posterior variance.
         self._last_context = batch.get("context") if batch else None
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         output = self.objective(self.family, self.model, batch, likelihood_scale=scale)
-        output.loss.backward()
+        backward(output.loss)  # loss.backward() minus its per-call Python wrapper
         if self.dist.active:
             # Gradients, loss and metrics averaged over ranks in one all-reduce.
             averaged = average_gradients(
