@@ -98,7 +98,6 @@ def hand_step(case: Case, X, y, device: str, particles: int = 1) -> Callable[[],
     params = [loc, raw]
     if case.family == "fullrank":
         tril = torch.zeros(dim, dim, device=device, requires_grad=True)
-        mask = torch.ones(dim, dim, device=device).tril(-1)
         params.append(tril)
     opt = torch.optim.Adam(params, lr=LR, fused=True)
     const = 0.5 * math.log(2 * math.pi)
@@ -129,7 +128,7 @@ def hand_step(case: Case, X, y, device: str, particles: int = 1) -> Callable[[],
         if case.family == "meanfield":
             z = loc + eps * diag
         else:
-            z = loc + eps @ (tril * mask + torch.diag_embed(diag)).mT
+            z = loc + eps * diag + eps @ tril.tril(-1).mT
         log_prior = (-0.5 * z.square() - const).sum(-1)
         entropy = diag.log().sum() + dim * (0.5 + const)
         elbo = (log_lik(z, xb, yb) * (n / b) + log_prior).mean() + entropy

@@ -60,9 +60,19 @@ def as_tensor(value: object, name: str, dtype: torch.dtype | None = None) -> Ten
 
 
 def _all_finite(tensor: Tensor, chunk: int = 1 << 20) -> bool:
-    """``isfinite(tensor).all()`` in chunks: the one-shot check allocates temporaries
-    several times the size of the data (a float ``abs`` and boolean masks), which would
-    set the peak memory of loading a large data set."""
+    """Whether every entry of ``tensor`` is finite, without a temporary the size of the data.
+
+    A floating-point sum is finite only if every term is (NaN and infinities propagate,
+    and :math:`\\infty - \\infty` is NaN), and a reduction to one number allocates nothing:
+    so a finite sum settles it. Only a non-finite sum -- a NaN or Inf, or finite values
+    large enough to overflow -- is checked entry by entry, in chunks, since the one-shot
+    ``isfinite(tensor).all()`` allocates a boolean mask the size of the data (which set the
+    peak memory of loading a large data set).
+    """
+    if not tensor.is_floating_point():
+        return True  # integers are always finite
+    if bool(torch.isfinite(tensor.sum())):
+        return True
     flat = tensor.reshape(-1)
     return all(
         bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk)

@@ -108,3 +108,16 @@ def test_fused_sample_uses_a_subclass_scale_tril():
     z, _ = family.rsample_and_entropy((4,))
     torch.manual_seed(1)
     torch.testing.assert_close(z, family.rsample((4,)))
+
+
+def test_full_rank_sample_ignores_the_upper_triangle_and_gives_it_no_gradient():
+    family = _perturbed(FullRankGaussian, dim=5)  # every entry of tril perturbed
+    torch.manual_seed(3)
+    z, _ = family.rsample_and_entropy((7,))
+    torch.manual_seed(3)
+    eps = torch.randn(7, 5, dtype=torch.float64)
+    torch.testing.assert_close(z, family.loc + eps @ family.scale_tril.mT)
+    (z**3).sum().backward()
+    upper = torch.ones(5, 5, dtype=torch.bool).triu()
+    assert torch.equal(family.tril.grad[upper], torch.zeros(15, dtype=torch.float64))
+    assert (family.tril.grad[~upper] != 0).all()

@@ -207,3 +207,16 @@ class _Unregistered(constraints.Constraint):
 
     def check(self, value):
         return value > 0
+
+
+def test_data_check_finds_one_bad_entry_and_accepts_sums_that_overflow():
+    X = torch.randn(3000, 5)
+    for bad in (math.nan, math.inf, -math.inf):
+        Xbad = X.clone()
+        Xbad[2999, 4] = bad
+        with pytest.raises(ValueError, match="X contains 1 NaN/Inf"):
+            BayesianLinearRegression(Xbad, torch.zeros(3000))
+    # Finite values whose float32 sum overflows are data, not an error.
+    huge = torch.full((4, 2), 3e38)
+    model = BayesianLinearRegression(huge, torch.zeros(4))
+    assert torch.equal(model.X, huge)

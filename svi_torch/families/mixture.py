@@ -92,8 +92,9 @@ class GaussianMixture(VariationalFamily):
         self.locs = nn.Parameter(loc)
         self.raw_scale = nn.Parameter(raw.clone())
         if covariance == "full":
+            # Only the strictly lower triangles are used (``tril(-1)``); the upper ones get
+            # zero gradient.
             self.tril = nn.Parameter(torch.zeros(components, dim, dim))
-            self.register_buffer("_strict_lower", torch.ones(dim, dim).tril(-1), persistent=False)
 
     @property
     def weights(self) -> Tensor:
@@ -105,7 +106,7 @@ class GaussianMixture(VariationalFamily):
         scale = F.softplus(self.raw_scale)
         if self.covariance_type == "diag":
             return Independent(Normal(self.locs, scale, validate_args=False), 1)
-        scale_tril = self.tril * self._strict_lower + torch.diag_embed(scale)
+        scale_tril = self.tril.tril(-1) + torch.diag_embed(scale)
         return MultivariateNormal(self.locs, scale_tril=scale_tril, validate_args=False)
 
     def forward(self, context: Tensor | None = None) -> MixtureSameFamily:
