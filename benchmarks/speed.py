@@ -14,7 +14,7 @@ alike. The ratios are taken against the hand-written torch loop measured in the 
 * **numpyro**: the same in NumPyro with ``jax.jit(svi.update)`` (``bench`` extra; skipped
   with a note when not installed).
 
-Run ``python benchmarks/speed.py`` (full, about 10 minutes on 2 CPU cores) or
+Run ``python benchmarks/speed.py`` (full, about 4 minutes on 2 CPU cores) or
 ``--quick`` (a smoke test of seconds). ``--device cuda`` runs torch on the GPU.
 """
 

@@ -40,3 +40,6 @@ def test_quick_speed_benchmark_prints_table_targets_and_command():
     assert re.search(
         rf"{len(verdicts) - verdicts.count('FAIL')}/{len(verdicts)} targets pass", text
     )
+    if sys.platform == "linux" and "THP_MEM_ALLOC_ENABLE" not in os.environ:
+        # The N-scaling is measured again in a process with 2 MB pages.
+        assert re.search(r"(PASS|FAIL)\s+the same with THP_MEM_ALLOC_ENABLE=1", text)
