@@ -275,12 +275,12 @@ def measure_scaling(
 
 
 def measure_scaling_with_huge_pages(
-    scaling: list[tuple[str, int, int, int]], repeats: int, block_s: float
+    scaling: list[tuple[str, int, int, int]], repeats: int, block_s: float, threads: int
 ) -> dict[str, float]:
     """:func:`measure_scaling` in a child process started with ``THP_MEM_ALLOC_ENABLE=1``."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), **{THP_ENV: "1"})
     args = [sys.executable, __file__, "--_scaling", json.dumps(scaling)]
-    args += ["--repeats", str(repeats), "--block-s", str(block_s), "--threads", "1"]
+    args += ["--repeats", str(repeats), "--block-s", str(block_s), "--threads", str(threads)]
     out = subprocess.run(args, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"scaling probe failed: {out.stderr[-2000:]}")
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     scale_ms = measure_scaling(scaling, repeats, block_s, device)
     huge_ms = None
     if device == "cpu" and sys.platform == "linux" and THP_ENV not in os.environ:
-        huge_ms = measure_scaling_with_huge_pages(scaling, repeats, block_s)
+        huge_ms = measure_scaling_with_huge_pages(scaling, repeats, block_s, args.threads)
     model_name, n, d, b = sizes[0]
     case = Case(model_name, n, d, b, "meanfield")
     X, y = make_data(case)

@@ -25,6 +25,8 @@ try:  # private since torch 2.3; the public wrapper is the fallback
     from torch.autograd.graph import _engine_run_backward
 except ImportError:  # pragma: no cover - older or newer torch
     _engine_run_backward = None
+# backward() refuses to run inside a functorch transform; so does this (via the fallback).
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 __all__ = ["backward"]
 
@@ -36,7 +38,7 @@ def backward(loss: Tensor) -> None:
         or type(loss) is not Tensor
         or loss.dim() != 0
         or loss.grad_fn is None
-        or torch._C._are_functorch_transforms_active()
+        or _functorch_active()
     ):
         loss.backward()
         return

@@ -105,8 +105,8 @@ def optimizer_zero_grad(optimizer: object) -> Callable[[], object]:
     ``Optimizer.zero_grad`` opens a profiler range and walks its groups through Python
     helpers: 12-19 µs per call on one CPU thread, against under 1 µs for setting each
     parameter's ``grad`` to ``None`` directly, which is all it does with
-    ``set_to_none=True`` (``python benchmarks/step_overhead.py``). An optimizer that overrides ``zero_grad`` (or is not a torch
-    optimizer) keeps its own method.
+    ``set_to_none=True`` (``python benchmarks/step_overhead.py``). An optimizer that
+    overrides ``zero_grad`` (or is not a torch optimizer) keeps its own method.
     """
     if isinstance(optimizer, torch.optim.Optimizer) and (
         type(optimizer).zero_grad is torch.optim.Optimizer.zero_grad
