@@ -10,6 +10,8 @@
   ``Model.index_data`` uses), at the speed benchmark's three logistic-regression sizes;
 * a whole ``Trainer.train_step`` with ``training.backward.backward`` against the same step
   with ``loss.backward()`` (paired blocks, median ratio, as in ``speed.py``);
+* a full-rank step whose strictly lower factor goes through ``_StrictLowerMatmul`` (one
+  D x D gradient buffer) against plain autograd (``tril(-1)``), at D = 100, 300, 600;
 * aten ops per training step, svi_torch's ``Trainer.train_step`` against the hand loop of
   ``benchmarks/speed.py`` (logistic regression N=1e4, D=10, B=100, mean-field).
 
@@ -34,10 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import convergence as bench  # noqa: E402
 import speed  # noqa: E402
 
+import svi_torch.families.gaussian as gaussian  # noqa: E402
 import svi_torch.training.trainer as trainer_module  # noqa: E402
 from svi_torch.curvature import _batched_hessian, _loop_hessian, log_joint_fn  # noqa: E402
 from svi_torch.training.backward import backward  # noqa: E402
 from svi_torch.training.fused_step import FusedAdamStep, optimizer_zero_grad  # noqa: E402
+
+DEFAULT_MIN_DIM = gaussian.FULL_RANK_FUNCTION_MIN_DIM
 
 
 def best_us(fn: Callable[[], object], calls: int) -> float:
@@ -123,6 +128,30 @@ def backward_path() -> None:
         print(f"| {case.label} | {ms['wrapper/direct']:.3f} |")
 
 
+def full_rank_function() -> None:
+    print("\n| full-rank logreg (N=1e4, B=256) | step with _StrictLowerMatmul / with autograd |")
+    print("|---|---|")
+    for d in (100, 300, 600):
+        case = speed.Case("logreg", 10**4, d, 256, "fullrank")
+        X, y = speed.make_data(case)
+        with_function = speed.svi_torch_step(case, X, y, "cpu")
+        with_autograd = speed.svi_torch_step(case, X, y, "cpu")
+
+        def function_step(step=with_function) -> None:
+            gaussian.FULL_RANK_FUNCTION_MIN_DIM = 0
+            step()
+
+        def autograd_step(step=with_autograd) -> None:
+            gaussian.FULL_RANK_FUNCTION_MIN_DIM = 10**9
+            step()
+
+        ms = speed.time_interleaved(
+            {"function": function_step, "autograd": autograd_step}, 41, 0.05, "cpu"
+        )
+        print(f"| D={d} | {ms['function/autograd']:.3f} |")
+    gaussian.FULL_RANK_FUNCTION_MIN_DIM = DEFAULT_MIN_DIM
+
+
 def op_counts() -> None:
     case = speed.Case("logreg", 10**4, 10, 100, "meanfield")
     X, y = speed.make_data(case)
@@ -151,6 +180,7 @@ def main() -> int:
     optimizer_step()
     gathers()
     backward_path()
+    full_rank_function()
     op_counts()
     return 0
 

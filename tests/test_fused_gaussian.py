@@ -121,3 +121,26 @@ def test_full_rank_sample_ignores_the_upper_triangle_and_gives_it_no_gradient():
     upper = torch.ones(5, 5, dtype=torch.bool).triu()
     assert torch.equal(family.tril.grad[upper], torch.zeros(15, dtype=torch.float64))
     assert (family.tril.grad[~upper] != 0).all()
+
+
+def test_large_full_rank_sampling_function_equals_autograd(monkeypatch):
+    from svi_torch.families import gaussian
+
+    def sample_and_grads(min_dim: int):
+        monkeypatch.setattr(gaussian, "FULL_RANK_FUNCTION_MIN_DIM", min_dim)
+        torch.manual_seed(0)
+        family = _perturbed(FullRankGaussian, dim=6)
+        torch.manual_seed(4)
+        z, entropy = family.rsample_and_entropy((3, 2))
+        ((z**3).sum() + entropy).backward()
+        return z, [p.grad for p in family.parameters()]
+
+    z_fn, grads_fn = sample_and_grads(min_dim=6)  # the custom Function (D = 6 >= 6)
+    z_ag, grads_ag = sample_and_grads(min_dim=7)  # plain autograd
+    torch.testing.assert_close(z_fn, z_ag)
+    for got, want in zip(grads_fn, grads_ag, strict=True):
+        torch.testing.assert_close(got, want)
+    assert torch.equal(grads_fn[-1].triu(), torch.zeros(6, 6, dtype=torch.float64))
+    eps = torch.randn(4, 5, dtype=torch.float64)
+    tril = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: gaussian._StrictLowerMatmul.apply(eps, t), (tril,))

@@ -31,6 +31,37 @@ __all__ = ["GaussianFamily", "MeanFieldGaussian", "FullRankGaussian", "LowRankGa
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
+# From this dimension on, full-rank sampling goes through _StrictLowerMatmul, whose backward
+# writes the gradient of the D x D factor into one buffer instead of two; below it the
+# custom Function's per-call Python cost outweighs the pass over D x D memory it saves
+# (step time against plain autograd: 1.07x at D = 100, 1.0 at D = 300-450, 0.86-0.87 at
+# D = 600; ``python benchmarks/step_overhead.py``).
+FULL_RANK_FUNCTION_MIN_DIM = 512
+
+
+class _StrictLowerMatmul(torch.autograd.Function):
+    """:math:`\\epsilon T_{<}^\\top` for the strictly lower triangle :math:`T_{<}` of ``tril``.
+
+    The gradient :math:`\\partial/\\partial T = \\mathrm{tril}_{-1}(G^\\top \\epsilon)` (``G``
+    the incoming gradient, particles flattened) is formed in one :math:`D \\times D` buffer
+    and masked in place, where autograd's ``tril(-1)`` would allocate a second one. The
+    forward pass's :math:`T_{<}` is freed before the backward pass runs, so a step holds at
+    most one :math:`D \\times D` temporary besides the gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, eps: Tensor, tril: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(eps)
+        return eps @ tril.tril(-1).mT
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor | None]:  # type: ignore[override]
+        if not ctx.needs_input_grad[1]:
+            return None, None
+        (eps,) = ctx.saved_tensors
+        dim = eps.shape[-1]
+        return None, (grad.reshape(-1, dim).mT @ eps.reshape(-1, dim)).tril_(-1)
+
 
 def _standard_noise(loc: Tensor, sample_shape: tuple[int, ...]) -> Tensor:
     """:math:`\\epsilon \\sim \\mathcal{N}(0, I)` of shape ``sample_shape + (D,)``.
@@ -214,10 +245,14 @@ class FullRankGaussian(GaussianFamily):
         gradient of that size, instead of building :math:`L` (a masked copy, a diagonal
         embedding and their sum) and back-propagating through all three: at
         :math:`D = 601` (the BNN of ``benchmarks/speed.py``) that is 1.4 MB per tensor.
-        A subclass that overrides ``scale_tril`` gets its own :math:`L` used.
+        From ``FULL_RANK_FUNCTION_MIN_DIM`` on, :class:`_StrictLowerMatmul` also makes its
+        gradient in one buffer. A subclass that overrides ``scale_tril`` gets its own
+        :math:`L` used.
         """
         if _overridden(self, FullRankGaussian, "scale_tril"):
             return self.loc + eps @ self.scale_tril.mT
+        if self.dim >= FULL_RANK_FUNCTION_MIN_DIM and not eps.requires_grad:
+            return self.loc + eps * diag + _StrictLowerMatmul.apply(eps, self.tril)
         return self.loc + eps * diag + eps @ self.tril.tril(-1).mT
 
     def forward(self, context: Tensor | None = None) -> MultivariateNormal:
