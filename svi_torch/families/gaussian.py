@@ -34,7 +34,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 # From this dimension on, full-rank sampling goes through _StrictLowerMatmul, whose backward
 # writes the gradient of the D x D factor into one buffer instead of two; below it the
 # custom Function's per-call Python cost outweighs the pass over D x D memory it saves
-# (step time against plain autograd: 1.07x at D = 100, 1.0 at D = 300-450, 0.86-0.87 at
+# (step time against plain autograd: 1.07-1.08x at D = 100, 1.0 at D = 300-450, 0.86-0.92 at
 # D = 600; ``python benchmarks/step_overhead.py``).
 FULL_RANK_FUNCTION_MIN_DIM = 512
 

@@ -185,10 +185,10 @@ class Model(nn.Module):
 
         A 1-D integer ``indices`` (what the samplers draw) goes through
         ``index_select(0, ...)``, which copies whole rows; ``tensor[indices]`` takes the
-        element-wise advanced-indexing kernel, 4-5x slower once the rows are scattered
-        over data larger than the cache: 527 against 119 us for 1024 random rows of a
-        10^6 x 50 tensor, 126 against 27 us for 256 rows of 10^5 x 100 (one CPU thread,
-        ``python benchmarks/step_overhead.py``). Any other index (a mask, a 2-D index)
+        element-wise advanced-indexing kernel, 4-7x slower once the rows are scattered
+        over data larger than the cache: 527-538 against 79-119 us for 1024 random rows
+        of a 10^6 x 50 tensor, 126-130 against 27-30 us for 256 rows of 10^5 x 100 (one
+        CPU thread, two runs of ``python benchmarks/step_overhead.py``). Any other index (a mask, a 2-D index)
         is applied as ``tensor[indices]``.
         """
         buffers = self._buffers  # direct: nn.Module.__getattr__ costs more than the gather

@@ -6,7 +6,7 @@ the seed gradient :math:`\\partial \\text{loss} / \\partial \\text{loss} = 1` th
 ``_make_grads`` -- all Python, every step -- before it calls autograd's engine. For the
 trainer's loss (a plain scalar tensor that requires grad, no ``inputs``, the graph freed)
 all of that reduces to that last call. Measured on one CPU thread of the 2-core machine:
-a whole training step is 4-6% faster without it (logistic regression, N=1e4 D=10 B=100
+a whole training step is 4-7% faster without it (logistic regression, N=1e4 D=10 B=100
 and N=1e5 D=100 B=256, ``python benchmarks/step_overhead.py``).
 
 :func:`backward` makes that call (``torch.autograd.graph._engine_run_backward``, the one
