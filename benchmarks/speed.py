@@ -343,7 +343,7 @@ def measure_memory(case: Case, device: str, steps: int, runs: int = 5) -> dict[s
     """Median peak over ``runs`` fresh processes, with the smallest and largest ratio.
 
     For small data the peak RSS of one process moves by a few MB with where glibc's heap
-    happens to put freed blocks (the full-rank BNN: ratios 1.2-1.8 for the same code), so
+    happens to put freed blocks (the full-rank BNN: ratios 1.0-1.8 for the same code), so
     one process is not a measurement.
     """
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -413,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             ("bnn", 10**5, 10, 256),
         ]
         scaling = [("logreg", 10**4, 50, 1024), ("logreg", 10**6, 50, 1024)]
-        # Many short paired blocks: the median of 41 side-by-side ratios moves by about
-        # 0.02 from run to run on a 2-core virtual machine, 7 blocks of 0.25 s by 0.1.
+        # Many short paired blocks: the median of 41 side-by-side ratios moved by 0.00-0.06
+        # between runs on a 2-core virtual machine; 7 blocks of 0.25 s moved it by 0.1-0.2.
         repeats, block_s = args.repeats or 41, args.block_s or 0.05
     use_numpyro = not args.no_numpyro and not args.quick and device == "cpu"
     if use_numpyro and not _have_numpyro():
