@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     bnn = next(s for s in sizes if s[0] == "bnn")
     memory_cases = [Case(*largest, "meanfield"), Case(*largest, "fullrank"), Case(*bnn, "fullrank")]
     memory = {
-        c.label: measure_memory(c, device, 20 if args.quick else 50, 3 if args.quick else 5)
+        c.label: measure_memory(c, device, 20 if args.quick else 50, 1 if args.quick else 5)
         for c in memory_cases
     }
 
