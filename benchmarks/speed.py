@@ -343,8 +343,8 @@ def measure_memory(case: Case, device: str, steps: int, runs: int = 5) -> dict[s
     """Median peak over ``runs`` fresh processes, with the smallest and largest ratio.
 
     For small data the peak RSS of one process moves by a few MB with where glibc's heap
-    happens to put freed blocks (the full-rank BNN: ratios 1.0-1.8 for the same code), so
-    one process is not a measurement.
+    happens to put freed blocks (the full-rank BNN: single processes from 1.00 to 1.57 for
+    the same code in two full runs), so one process is not a measurement.
     """
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     args = [sys.executable, __file__, "--_memory", json.dumps(case.__dict__), "--device", device]

@@ -59,8 +59,8 @@ def gradient_and_hessian(log_density: LogDensity, z: Tensor) -> tuple[Tensor, Te
     (``torch.autograd.grad(..., is_grads_batched=True)``, which vectorises the :math:`D`
     vector-Jacobian products with ``vmap``): 1.0 / 1.2 / 1.8 ms at :math:`D` = 5 / 20 / 100
     on a minibatch of 64, where a Python loop of :math:`D` passes took 2.7 / 5.0 / 23 ms
-    (``python benchmarks/step_overhead.py``). A backward pass that ``vmap`` cannot batch (an op with
-    no batching rule in a user's model) falls back to that loop, same result.
+    (``python benchmarks/step_overhead.py``). A backward pass that ``vmap`` cannot batch
+    (an op with no batching rule in a user's model) falls back to that loop, same result.
 
     Args:
         log_density: maps ``(K, D)`` particles to ``(K,)`` log densities.
@@ -78,11 +78,11 @@ def _batched_hessian(log_density: LogDensity, z: Tensor) -> tuple[Tensor, Tensor
         values = log_density(z)
         (grad,) = torch.autograd.grad(values.sum(), z, create_graph=True)
         num, dim = z.shape
+        if not grad.requires_grad:  # the log density is linear in z: zero curvature
+            return values.detach(), grad.detach(), z.new_zeros(num, dim, dim)
         # Output d of the batch is e_d for every particle: d/dz of sum_k g_k[d], row d of
         # every H_k (particles are independent).
         basis = torch.eye(dim, dtype=z.dtype, device=z.device).unsqueeze(1).expand(dim, num, dim)
-        if not grad.requires_grad:  # the log density is linear in z: zero curvature
-            return values.detach(), grad.detach(), z.new_zeros(num, dim, dim).detach()
         (rows,) = torch.autograd.grad(
             grad, z, grad_outputs=basis, is_grads_batched=True, allow_unused=True
         )

@@ -74,12 +74,12 @@ def default_step_size(
     a bridge of whitened size about :math:`\\rho N / (2B)` per coordinate, and its cost
     in KL(q||p) about :math:`D (\\rho N/B)^2 / 8`, quadratic in the step and linear in
     :math:`D`; keeping :math:`\\rho N / B \\le 1/(4\\sqrt D)` bounds it by about 0.008
-    nats before iterate averaging, which removes most of the rest. The start is near the optimum, so little movement is
-    needed: on a logistic regression (:math:`N = 10^5`, :math:`D = 50`) the Laplace start
-    is 0.005 nats from the Gaussian family's optimum (``c = start`` below). Measured with :math:`B = 64`, 2000
-    steps, worst of two seeds (KL to the float64 exact posterior;
-    ``python benchmarks/ngvi_step_size.py``):
-    the former default :math:`B/(4N)` gave 0.004 / 0.006 / 0.013 / 0.034 nats on
+    nats before iterate averaging, which removes most of the rest. The start is near the
+    optimum, so little movement is needed: on a logistic regression (:math:`N = 10^5`,
+    :math:`D = 50`) the Laplace start is 0.005 nats from the Gaussian family's optimum
+    (the row ``c = start`` of the benchmark below). Measured with :math:`B = 64`, 2000 steps, worst of two seeds
+    (KL to the float64 exact posterior; ``python benchmarks/ngvi_step_size.py``): the
+    former default :math:`B/(4N)` gave 0.004 / 0.006 / 0.013 / 0.034 nats on
     regressions with (N, D, condition number) = (10^3, 5, 10), (10^4, 20, 9e2),
     (10^5, 5, 2e4), (10^4, 100, 3e4), and 0.08 nats from the optimum on that logistic
     regression; :math:`B/(16N)` gave 0.002 / 0.0005 / 0.002 / 0.004 and 0.012.
@@ -301,8 +301,9 @@ class NaturalGradientVI:
         self.loc = state["loc"].clone()
         self.precision = state["precision"].clone()
         self.count = int(state["count"])
-        self.precision_sum = state["precision_sum"].double()
-        self.shift_sum = state["shift_sum"].double()
+        # Copies: the sums are updated in place and must not alias the checkpoint's tensors.
+        self.precision_sum = state["precision_sum"].to(torch.float64, copy=True)
+        self.shift_sum = state["shift_sum"].to(torch.float64, copy=True)
         self.fallbacks = int(state["fallbacks"])
 
 
