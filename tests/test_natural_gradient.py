@@ -314,3 +314,19 @@ def test_batched_hessians_equal_the_loop_of_reverse_passes():
         z = torch.randn(3, model.dim, dtype=torch.float64)
         for a, b in zip(_batched_hessian(density, z), _loop_hessian(density, z), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_loaded_state_is_copied_not_aliased():
+    """Averaging after load_state_dict must not write into the state it was loaded from."""
+    torch.manual_seed(0)
+    model = NormalMean(torch.randn(40, dtype=torch.float64) + 1.0, noise_scale=1.0)
+    ngvi = NaturalGradientVI(model, FullRankGaussian(1, init_scale=0.5).double())
+    ngvi.accumulate()
+    saved = ngvi.state_dict()
+    kept = {k: v.clone() for k, v in saved.items() if torch.is_tensor(v)}
+    other = NaturalGradientVI(model, FullRankGaussian(1, init_scale=0.5).double())
+    other.load_state_dict(saved)
+    other.accumulate()
+    for key, value in kept.items():
+        assert torch.equal(saved[key], value), key
+    assert torch.equal(other.precision_sum, 2 * kept["precision_sum"])
