@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from .curvature import gradient_and_hessian
-from .data import Batch
 from .families.base import VariationalFamily
 from .families.gaussian import GaussianFamily
 from .models.base import Model
@@ -98,24 +97,6 @@ def initialize(model: Model, family: VariationalFamily, init: str = "auto") -> I
     return Initialization(init, z_map, precision, time.perf_counter() - start)
 
 
-def _chunks(model: Model) -> list[Batch]:
-    """The full data in row chunks of at most ~4M elements per ``(chunk, D)`` block."""
-    if model.num_data == 0:
-        return []
-    size = max(1024, (1 << 22) // max(model.dim, 1))
-    data = model.data
-    return [{k: v[i : i + size] for k, v in data.items()} for i in range(0, model.num_data, size)]
-
-
-def _full_log_joint(model: Model, z: Tensor, chunks: list[Batch]) -> Tensor:
-    """Exact full-data :math:`\\log p(z, D)` at ``z`` of shape ``(K, D)`` (likelihood unscaled)."""
-    joint = model.log_joint(z, batch={}, likelihood_scale=1.0)
-    total = joint.log_prior + joint.log_det_jacobian
-    for chunk in chunks:
-        total = total + model.log_likelihood(model.constrain(z)[0], chunk)
-    return total
-
-
 def find_map(model: Model, z0: Tensor, polish: bool = True, max_iter: int = 200) -> Tensor:
     """:math:`\\arg\\max_z \\log p(z, D)` by L-BFGS from ``z0``, then Newton steps if ``polish``.
 
@@ -127,11 +108,10 @@ def find_map(model: Model, z0: Tensor, polish: bool = True, max_iter: int = 200)
     Raises:
         ValueError: if the log joint is not finite at ``z0`` or at the optimum.
     """
-    chunks = _chunks(model)
     norm = float(max(model.num_data, 1))
     z = z0.detach().clone().requires_grad_(True)
     with torch.no_grad():
-        if not bool(torch.isfinite(_full_log_joint(model, z.unsqueeze(0), chunks)).all()):
+        if not bool(torch.isfinite(model.full_log_joint(z.unsqueeze(0))).all()):
             raise ValueError(
                 "the log joint is not finite at the family's initial mean; fix the model or "
                 "pass init='prior'"
@@ -142,22 +122,22 @@ def find_map(model: Model, z0: Tensor, polish: bool = True, max_iter: int = 200)
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        loss = -_full_log_joint(model, z.unsqueeze(0), chunks).squeeze(0) / norm
+        loss = -model.full_log_joint(z.unsqueeze(0)).squeeze(0) / norm
         loss.backward()
         return loss
 
     optimizer.step(closure)
     z_map = z.detach()
     if polish:
-        z_map = _newton_polish(model, z_map, chunks)
+        z_map = _newton_polish(model, z_map)
     if not bool(torch.isfinite(z_map).all()):
         raise ValueError("the MAP search diverged (non-finite z); pass init='prior'")
     return z_map
 
 
-def _newton_polish(model: Model, z: Tensor, chunks: list[Batch], steps: int = 5) -> Tensor:
+def _newton_polish(model: Model, z: Tensor, steps: int = 5) -> Tensor:
     def log_density(points: Tensor) -> Tensor:
-        return _full_log_joint(model, points, chunks)
+        return model.full_log_joint(points)
 
     for _ in range(steps):
         value, grad, hess = gradient_and_hessian(log_density, z.unsqueeze(0))
@@ -190,10 +170,9 @@ def laplace_precision(model: Model, z_map: Tensor) -> Tensor:
     an unconverged search), eigenvalues are replaced by their absolute values and floored at
     :math:`10^{-8}\\lambda_{\\max}`, with a warning.
     """
-    chunks = _chunks(model)
 
     def log_density(points: Tensor) -> Tensor:
-        return _full_log_joint(model, points, chunks)
+        return model.full_log_joint(points)
 
     _, _, hess = gradient_and_hessian(log_density, z_map.unsqueeze(0))
     precision = -0.5 * (hess[0] + hess[0].mT)

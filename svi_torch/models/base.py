@@ -288,6 +288,86 @@ class Model(nn.Module):
             log_det_jacobian=log_det,
         )
 
+    # -- hooks for full-data passes and for what comes after the fit ----------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype the model computes in: that of its data (default dtype without data).
+
+        ``fit`` builds and moves the family to this dtype, so float64 data train in float64
+        without the user converting anything.
+        """
+        buffer = next((b for b in self.buffers() if b.is_floating_point()), None)
+        return buffer.dtype if buffer is not None else torch.get_default_dtype()
+
+    def full_data_chunk_rows(self, num_points: int = 1) -> int:
+        """Rows per chunk of a full-data pass over ``num_points`` particles.
+
+        About :math:`2^{22}` elements per ``(particles, rows, D)`` block, so that a pass over
+        :math:`N = 10^6` points fits in memory; at least 256 rows.
+        """
+        return max(256, (1 << 22) // max(self.dim * max(num_points, 1), 1))
+
+    def full_log_joint(self, z: Tensor) -> Tensor:
+        """Exact full-data :math:`\\log p(z, D)` (unconstrained, Jacobian included), unscaled.
+
+        .. math::
+
+            \\log p(z, D) = \\log p(T(z)) + \\log|\\det J_T(z)|
+                + \\sum_{i=1}^{N} \\log p(x_i \\mid T(z)),
+
+        with the likelihood summed over row chunks of :meth:`full_data_chunk_rows`, so the
+        memory of one pass is bounded whatever :math:`N`. Every full-data computation (MAP
+        search, Laplace, final ELBO, diagnostics, monitoring) goes through this method;
+        models whose full-data density is not the sum over rows of the minibatch
+        likelihood (the Pyro bridge) override it. ``z`` has shape ``S + (D,)``; returns
+        shape ``S``.
+        """
+        params, log_det = self.constrain(z)
+        log_prior = self.log_prior_from_z(z)
+        total = (self.log_prior(params) if log_prior is None else log_prior) + log_det
+        if self.num_data == 0:
+            return total
+        rows = self.full_data_chunk_rows(math.prod(z.shape[:-1]))
+        data = self.data
+        for start in range(0, self.num_data, rows):
+            chunk = {k: v[start : start + rows] for k, v in data.items()}
+            total = total + self.log_likelihood(params, chunk)
+        return total
+
+    def derived(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Derived quantities (Stan's generated quantities) of constrained ``params``.
+
+        Named tensors with the particle shape of ``params`` in front, e.g. eight schools'
+        school effects :math:`\\theta_j = \\mu + \\tau\\tilde\\theta_j`. They are returned by
+        ``FitResult.sample()`` beside the parameters and enter the summaries and the export.
+        The default is none.
+        """
+        return {}
+
+    def simulate(
+        self, params: Mapping[str, Tensor], batch: Batch | None = None
+    ) -> dict[str, Tensor]:
+        """Draw data from the likelihood :math:`x \\sim p(x \\mid \\theta)`: its sampling counterpart.
+
+        ``params`` are constrained with particle shape ``S`` in front; ``batch`` holds the
+        inputs to simulate at (``None``: the fitted data). Returns named tensors of shape
+        ``S + (B, ...)``, keyed like the observed arrays (e.g. ``{"y": ...}``).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement simulate(params, batch), so it has no "
+            "posterior predictive; add the likelihood's sampling counterpart to the model"
+        )
+
+    def pointwise_log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """:math:`\\log p(x_i \\mid \\theta)` for each point of ``batch``: shape ``S + (B,)``.
+
+        Summed over the batch it equals :meth:`log_likelihood`; LOO and WAIC need it per point.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement pointwise_log_likelihood(params, batch), "
+            "so it has no per-point log likelihood (needed for LOO/WAIC)"
+        )
+
     def extra_repr(self) -> str:
         specs = ", ".join(
             f"{s.name}{list(s.shape)}:{s.support}" for s in self._param_specs.values()

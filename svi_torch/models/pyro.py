@@ -472,6 +472,10 @@ class PyroModel(Model):
             log_lik = log_lik + terms.observed_in_plate * factor
         return LogJoint(log_likelihood=log_lik, log_prior=terms.latent, log_det_jacobian=log_det)
 
+    def full_log_joint(self, z: Tensor) -> Tensor:
+        """Exact full-data :math:`\\log p(z, D)`: one trace of the whole model, every site."""
+        return self.log_joint(z, None, None).total
+
     def log_prior(self, params: Mapping[str, Tensor]) -> Tensor:
         """Sum of the latent sites' log-densities (one trace over the full data)."""
         return self._terms(params, self._indices(None)).latent
