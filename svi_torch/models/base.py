@@ -334,6 +334,14 @@ class Model(nn.Module):
             total = total + self.log_likelihood(params, chunk)
         return total
 
+    def initial_point(self) -> Tensor | None:
+        """A feasible start in the unconstrained space, shape ``(D,)``, or ``None`` (zero).
+
+        Where the MAP search of the automatic method starts first, before its dispersed
+        restarts. The Pyro bridge returns the point of its ``init_loc_fn``.
+        """
+        return None
+
     def derived(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Derived quantities (Stan's generated quantities) of constrained ``params``.
 
