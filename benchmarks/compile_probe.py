@@ -22,10 +22,10 @@ def make_step(compiled: bool, n: int, d: int, b: int):
     model = st.models.BayesianLogisticRegression(X, y)
     family = st.families.MeanFieldGaussian(model.dim)
     config = st.training.TrainConfig(steps=10**9, batch_size=b, seed=0)
-    trainer = st.training.Trainer(model, family, st.objectives.ELBO(), config)
+    loop = st.methods.SGD().prepare(model, family, st.objectives.ELBO(), config)
     if compiled:
-        trainer.objective = torch.compile(trainer.objective, dynamic=False)
-    return trainer.train_step
+        loop.state.objective = torch.compile(loop.state.objective, dynamic=False)
+    return loop.train_step
 
 
 def main() -> int:

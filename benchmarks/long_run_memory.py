@@ -1,7 +1,7 @@
 """Resident memory of a long training run: is it flat over 10^5 steps?
 
 Trains a one-parameter normal-mean model (the smallest model, so that steps are cheap and
-any growth is the trainer's own) for 10^5 steps with everything that keeps state switched
+any growth is the loop's own) for 10^5 steps with everything that keeps state switched
 on: history (bounded by ``max_history``), the convergence monitor's buffers, iterate
 averaging, NaN-recovery snapshots, rotating checkpoints and a TensorBoard logger. Prints
 the resident set size (RSS) every 10^4 steps relative to the RSS after the first 10^4.
@@ -30,7 +30,7 @@ class RSSProbe:
     def __init__(self, every: int) -> None:
         self.every, self.rss, self.process = every, {}, psutil.Process()
 
-    def on_log(self, trainer: st.training.Trainer, step: int, metrics: dict[str, float]) -> None:
+    def on_log(self, state: st.training.TrainState, step: int, metrics: dict[str, float]) -> None:
         if step % self.every == 0:
             self.rss[step] = self.process.memory_info().rss
 
@@ -54,9 +54,7 @@ def main() -> None:
             st.objectives.ELBO(num_particles=1),
             steps=args.steps,
             batch_size=16,
-            optimizer="sgd",
-            lr=1e-3,
-            lr_schedule="constant",
+            method=st.methods.SGD(optimizer="sgd", lr=1e-3, schedule="constant"),
             log_every=10,
             max_history=args.max_history,
             convergence=st.training.ConvergenceMonitor(window=100, patience=10**9),

@@ -49,9 +49,16 @@ def worst_kl(problem: bench.Problem, c: str, seeds: list[int], steps: int) -> fl
         model = bench.make_model(problem)
         family = st.families.FullRankGaussian(model.dim)
         if c == "start":
-            st.initialization.initialize(model, family, "laplace")
+            st.methods.initialize(model, family, "laplace")
         else:
-            st.fit(model, family, optimizer="ngvi", batch_size=BATCH, steps=steps, seed=seed, lr=lr)
+            st.fit(
+                model,
+                family,
+                method=st.methods.NGVI(step_size=lr),
+                batch_size=BATCH,
+                steps=steps,
+                seed=seed,
+            )
         with torch.no_grad():
             kl = bench.gaussian_kl(family.loc, family.covariance(), problem.reference)
         worst = max(worst, kl)

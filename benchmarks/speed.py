@@ -4,7 +4,7 @@ Every figure is the median over repeats of ms per step (warm-up excluded), with 
 methods interleaved repeat by repeat so that a change in machine load hits all of them
 alike. The ratios are taken against the hand-written torch loop measured in the same run.
 
-* **svi_torch**: ``Trainer.train_step`` (what ``fit`` runs each step).
+* **svi_torch**: ``TrainingLoop.train_step`` of the SGD method (what ``fit`` runs each step).
 * **hand**: a hand-written torch loop of the same maths: same family parameterisation
   (softplus scales, Cholesky factor), same estimator (one batched draw of K particles,
   analytic Gaussian entropy), same minibatch draw (a permutation per epoch, sliced on the
@@ -82,11 +82,9 @@ def make_family(case: Case, dim: int) -> st.families.VariationalFamily:
 def svi_torch_step(case: Case, X, y, device: str, particles: int = 1) -> Callable[[], object]:
     model = make_model(case, X, y)
     family = make_family(case, model.dim)
-    config = st.training.TrainConfig(
-        steps=10**9, batch_size=case.batch_size, lr=LR, device=device, seed=0
-    )
-    trainer = st.training.Trainer(model, family, st.objectives.ELBO(particles), config)
-    return trainer.train_step
+    config = st.training.TrainConfig(steps=10**9, batch_size=case.batch_size, device=device, seed=0)
+    loop = st.methods.SGD(lr=LR).prepare(model, family, st.objectives.ELBO(particles), config)
+    return loop.train_step
 
 
 def hand_step(case: Case, X, y, device: str, particles: int = 1) -> Callable[[], object]:
@@ -319,11 +317,11 @@ def memory_probe(case: Case, device: str, steps: int) -> dict[str, float]:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
     model = make_model(case, X, y)
     family = make_family(case, model.dim)
-    config = st.training.TrainConfig(steps=10**9, batch_size=case.batch_size, lr=LR, device=device)
-    trainer = st.training.Trainer(model, family, st.objectives.ELBO(), config)
+    config = st.training.TrainConfig(steps=10**9, batch_size=case.batch_size, device=device)
+    loop = st.methods.SGD(lr=LR).prepare(model, family, st.objectives.ELBO(), config)
     del X, y
     for _ in range(steps):
-        trainer.train_step()
+        loop.train_step()
     _sync(device)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
@@ -333,7 +331,7 @@ def memory_probe(case: Case, device: str, steps: int) -> dict[str, float]:
     data = nbytes(model.buffers())
     params = nbytes(family.parameters()) + nbytes(model.parameters())
     opt_state = nbytes(
-        v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
+        v for s in loop.rule.optimizer.state.values() for v in s.values() if torch.is_tensor(v)
     )
     need = data + params + opt_state
     return {"peak_mb": peak / 2**20, "need_mb": need / 2**20, "ratio": peak / need}

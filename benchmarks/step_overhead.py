@@ -8,11 +8,11 @@
 * a minibatch gather of B random rows (a fresh slice of a permutation each call, as the
   sampler draws them): ``X[idx]`` against ``X.index_select(0, idx)`` (what
   ``Model.index_data`` uses), at the speed benchmark's three logistic-regression sizes;
-* a whole ``Trainer.train_step`` with ``training.backward.backward`` against the same step
+* a whole ``TrainingLoop.train_step`` with ``training.backward.backward`` against the same step
   with ``loss.backward()`` (paired blocks, median ratio, as in ``speed.py``);
 * a full-rank step whose strictly lower factor goes through ``_StrictLowerMatmul`` (one
   D x D gradient buffer) against plain autograd (``tril(-1)``), at D = 100, 300, 600;
-* aten ops per training step, svi_torch's ``Trainer.train_step`` against the hand loop of
+* aten ops per training step, svi_torch's ``TrainingLoop.train_step`` against the hand loop of
   ``benchmarks/speed.py`` (logistic regression N=1e4, D=10, B=100, mean-field).
 
 Each time is the best of 5 blocks (microseconds or milliseconds per call, one thread).
@@ -37,7 +37,7 @@ import convergence as bench  # noqa: E402
 import speed  # noqa: E402
 
 import svi_torch.families.gaussian as gaussian  # noqa: E402
-import svi_torch.training.trainer as trainer_module  # noqa: E402
+import svi_torch.methods.sgd as trainer_module  # noqa: E402 (the SGD rule calls backward)
 from svi_torch.curvature import _batched_hessian, _loop_hessian, log_joint_fn  # noqa: E402
 from svi_torch.training.backward import backward  # noqa: E402
 from svi_torch.training.fused_step import FusedAdamStep, optimizer_zero_grad  # noqa: E402

@@ -7,8 +7,9 @@
 >>> result = st.fit(model, family, steps=1000)  # doctest: +SKIP
 """
 
-from . import data, diagnostics, divergences, families, models, objectives, training
-from .training import FitResult, fit
+from . import data, diagnostics, divergences, families, methods, models, objectives, training
+from .fitting import fit
+from .training import FitResult
 
 __all__ = [
     "fit",
@@ -16,6 +17,7 @@ __all__ = [
     "families",
     "models",
     "objectives",
+    "methods",
     "training",
     "data",
     "divergences",

@@ -1,8 +1,9 @@
 """From a validated :class:`~svi_torch.config.Config` to library objects.
 
 :func:`build_model` makes the data (a seeded generator or a file) and the model,
-:func:`build_family` and :func:`build_objective` call the registered factories, and
-:func:`train_settings` maps the config onto :class:`~svi_torch.training.TrainConfig`.
+:func:`build_family` and :func:`build_objective` call the registered factories,
+:func:`build_method` makes the method value (the same as ``resolve_method`` from Python),
+and :func:`train_settings` maps the config onto :class:`~svi_torch.training.TrainConfig`.
 Every failure of a constructor becomes a one-line :class:`~svi_torch.config.ConfigError`
 naming the config section, so the command line can refuse a run before it starts.
 """
@@ -19,10 +20,11 @@ import torch
 
 from .config import Config, ConfigError, DataSection
 from .families.base import VariationalFamily
+from .methods.base import Method, method_from_config
 from .models import synthetic
 from .models.base import Model
 from .objectives.base import Objective
-from .training.trainer import TrainConfig
+from .training.state import TrainConfig
 
 __all__ = [
     "Built",
@@ -30,6 +32,7 @@ __all__ = [
     "build_model",
     "build_family",
     "build_objective",
+    "build_method",
     "make_data",
     "train_settings",
     "GENERATORS",
@@ -74,13 +77,14 @@ class Built:
 
     model: Model
     family: VariationalFamily
-    objective: Objective
+    objective: Objective | None
+    method: Method
 
 
 def build(config: Config) -> Built:
-    """Model, family and objective of ``config``; raises :class:`ConfigError` on failure."""
+    """Model, family, objective and method of ``config``; :class:`ConfigError` on failure."""
     model = build_model(config)
-    return Built(model, build_family(config, model), build_objective(config))
+    return Built(model, build_family(config, model), build_objective(config), build_method(config))
 
 
 def make_data(config: Config) -> dict[str, Any]:
@@ -170,10 +174,16 @@ def build_family(config: Config, model: Model) -> VariationalFamily:
     return family
 
 
-def build_objective(config: Config) -> Objective:
-    """The objective of ``config``."""
+def build_objective(config: Config) -> Objective | None:
+    """The objective of ``config``, or None when the config leaves it unset.
+
+    Unset (no ``objective`` section) is what ``fit(model, family)`` gets from Python: the
+    method's own choice (the ELBO, maximised by natural-gradient VI where it applies).
+    """
     from .registry import OBJECTIVES
 
+    if config.objective is None:
+        return None
     entry = _lookup(OBJECTIVES, config.objective.name, "objective.name")
     try:
         return entry.factory(**config.objective.options)
@@ -181,19 +191,21 @@ def build_objective(config: Config) -> Objective:
         raise ConfigError(f"objective {config.objective.name!r}: {_one_line(err)}") from None
 
 
+def build_method(config: Config) -> Method:
+    """The method value of ``config.method`` (``{name, options}``)."""
+    try:
+        return method_from_config(config.method.name, dict(config.method.options))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method: {_one_line(err)}") from None
+
+
 def train_settings(config: Config, checkpoint_path: Path | None, resume: bool) -> TrainConfig:
-    """The trainer's settings; progress bar off (the CLI decides)."""
-    opt, train, log = config.optimizer, config.train, config.logging
+    """The loop's settings; progress bar off (the CLI decides)."""
+    train, log = config.train, config.logging
     return TrainConfig(
         steps=train.steps,
         epochs=train.epochs,
         batch_size=train.batch_size,
-        optimizer=opt.name,
-        lr=opt.lr,
-        optimizer_kwargs=dict(opt.options),
-        lr_schedule=opt.lr_schedule,
-        average_from=opt.average_from,
-        clip_grad_norm=opt.clip_grad_norm,
         convergence=train.convergence,
         seed=train.seed,
         device=torch.device(train.device),

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         help="data-parallel processes on this machine, launched through torchrun (default 1)",
     )
 
-    sub.add_parser("list", help="list registered families, models, objectives and studies")
+    sub.add_parser("list", help="list registered families, models, objectives, methods and studies")
 
     study = sub.add_parser("study", help="run a study: a grid of runs, summary.csv and plots")
     study.add_argument("name", help="study name (see `svi-torch list`)")
@@ -119,6 +119,7 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         f"steps: {m['steps']} ({m['steps_per_s']:.0f} steps/s, "
         f"{time.perf_counter() - start:.1f} s in all); stop: {m['stop_reason']}"
     )
+    say(f"method: {m['method']}")
     line = f"ELBO: {m['elbo']:.3f} +- {m['elbo_se']:.3f}"
     if "log_evidence" in m:
         line += f"   log p(D): {m['log_evidence']:.3f}"
@@ -137,19 +138,24 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 
 # -- list -------------------------------------------------------------------------------
 def _list(args: argparse.Namespace) -> int:
+    from .methods.base import METHODS, method_from_config
     from .registry import FAMILIES, MODELS, OBJECTIVES, STUDIES
 
-    for title, registry in (
-        ("families", FAMILIES),
-        ("models", MODELS),
-        ("objectives", OBJECTIVES),
-        ("studies", STUDIES),
+    method_from_config("auto", {})  # loads the built-in methods
+    methods = [
+        (name, (cls.__doc__ or "").strip().splitlines()[0]) for name, cls in sorted(METHODS.items())
+    ]
+    for title, entries in (
+        ("families", [(e.name, e.description) for e in FAMILIES.entries()]),
+        ("models", [(e.name, e.description) for e in MODELS.entries()]),
+        ("objectives", [(e.name, e.description) for e in OBJECTIVES.entries()]),
+        ("methods", methods),
+        ("studies", [(e.name, e.description) for e in STUDIES.entries()]),
     ):
         print(f"{title}:")
-        entries = registry.entries()
-        width = max((len(e.name) for e in entries), default=0)
-        for entry in entries:
-            print(f"  {entry.name:<{width}}  {entry.description}")
+        width = max((len(name) for name, _ in entries), default=0)
+        for name, description in entries:
+            print(f"  {name:<{width}}  {description}")
         if not entries:
             print("  (none)")
     return 0

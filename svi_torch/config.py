@@ -1,7 +1,7 @@
 """Run settings: a typed schema with defaults, read from YAML and validated before any work.
 
 A config is a nested mapping with the sections ``model``, ``data``, ``family``,
-``objective``, ``optimizer``, ``train`` and ``logging`` (see :class:`Config` and the
+``objective``, ``method``, ``train`` and ``logging`` (see :class:`Config` and the
 dataclasses below for every key and default). :func:`load_config` reads a YAML file with
 ``yaml.safe_load``, applies ``--set a.b=c`` overrides (each value parsed as YAML) and
 checks every key and type, so that a typo fails at once with a one-line
@@ -32,7 +32,7 @@ __all__ = [
     "DataSection",
     "FamilySection",
     "ObjectiveSection",
-    "OptimizerSection",
+    "MethodSection",
     "TrainSection",
     "LoggingSection",
     "load_config",
@@ -95,22 +95,28 @@ class FamilySection:
 
 @dataclass
 class ObjectiveSection:
-    """The objective; ``options`` go to its constructor (e.g. ``num_particles``)."""
+    """The objective; ``options`` go to its constructor (e.g. ``num_particles``).
+
+    Leave the section out for the method's own objective (the ELBO, which the automatic
+    method maximises by natural-gradient VI where it applies), as ``fit(model, family)``.
+    """
 
     name: str = "elbo"
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class OptimizerSection:
-    """A ``torch.optim`` optimizer by name, its learning rate and schedule."""
+class MethodSection:
+    """The inference method: a registered name and its options (``svi-torch list``).
 
-    name: str = "adam"
-    lr: float = 1e-2
+    ``auto`` (the default) is the automatic method; ``ngvi`` and ``sgd`` take the options
+    of :class:`svi_torch.methods.NGVI` and :class:`svi_torch.methods.SGD`, e.g.
+    ``{name: sgd, options: {optimizer: adam, lr: 0.03}}``. The same value is built from
+    Python by ``svi_torch.methods.resolve_method({"name": ..., "options": ...})``.
+    """
+
+    name: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
-    lr_schedule: str = "auto"
-    average_from: float = 0.5
-    clip_grad_norm: float | None = None
 
 
 @dataclass
@@ -124,7 +130,7 @@ class TrainSection:
     steps: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
-    convergence: bool = False
+    convergence: bool | None = None
     seed: int = 0
     device: str = "cpu"
     max_bad_steps: int = 20
@@ -156,8 +162,8 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     family: FamilySection = field(default_factory=FamilySection)
-    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
-    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    objective: ObjectiveSection | None = None
+    method: MethodSection = field(default_factory=MethodSection)
     train: TrainSection = field(default_factory=TrainSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
 
@@ -198,6 +204,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
     """Build and validate a :class:`Config` from a nested dict plus ``a.b=c`` overrides."""
     raw = apply_overrides(raw, overrides or [])
+    if isinstance(raw, dict) and "optimizer" in raw:
+        raise ConfigError(_optimizer_section_moved(raw["optimizer"]))
     config = dataclass_from_dict(Config, raw, "")
     validate(config)
     return config
@@ -350,16 +358,16 @@ def validate(config: Config) -> None:
     """Check values the types cannot: ranges, names in the registries, multiples."""
     from .registry import FAMILIES, MODELS, OBJECTIVES
 
-    for registry, section, key in (
-        (MODELS, config.model, "model.name"),
-        (FAMILIES, config.family, "family.name"),
-        (OBJECTIVES, config.objective, "objective.name"),
-    ):
+    sections = [(MODELS, config.model, "model.name"), (FAMILIES, config.family, "family.name")]
+    if config.objective is not None:
+        sections.append((OBJECTIVES, config.objective, "objective.name"))
+    for registry, section, key in sections:
         try:
             registry.get(section.name)
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
-    train, log, opt, data = config.train, config.logging, config.optimizer, config.data
+    _build_method(config)
+    train, log, data = config.train, config.logging, config.data
     _positive(train.steps, "train.steps")
     _positive(train.epochs, "train.epochs")
     if train.steps is not None and train.epochs is not None:
@@ -367,16 +375,6 @@ def validate(config: Config) -> None:
     _positive(train.batch_size, "train.batch_size")
     _positive(train.max_bad_steps, "train.max_bad_steps")
     _positive(train.num_threads, "train.num_threads")
-    if not (opt.lr > 0 and math.isfinite(opt.lr)):
-        raise ConfigError(f"optimizer.lr must be a positive number, got {opt.lr}")
-    if opt.lr_schedule not in ("auto", "constant", "cosine"):
-        raise ConfigError(
-            f"optimizer.lr_schedule must be one of auto, constant, cosine; got {opt.lr_schedule!r}"
-        )
-    if not 0.0 <= opt.average_from < 1.0:
-        raise ConfigError(f"optimizer.average_from must be in [0, 1), got {opt.average_from}")
-    if opt.clip_grad_norm is not None and not opt.clip_grad_norm > 0:
-        raise ConfigError(f"optimizer.clip_grad_norm must be positive, got {opt.clip_grad_norm}")
     if train.device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"train.device must be cpu, cuda[:N] or mps; got {train.device!r}")
     _positive(log.log_every, "logging.log_every")
@@ -405,6 +403,52 @@ def validate(config: Config) -> None:
             )
         if not path.is_file():
             raise ConfigError(f"data.source {data.source!r} does not exist; check the path")
+
+
+def _build_method(config: Config) -> Any:
+    """The method value of ``config.method`` (validates its name and options)."""
+    from .methods.base import method_from_config
+
+    try:
+        return method_from_config(config.method.name, dict(config.method.options))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method: {' '.join(str(err).split())}") from None
+
+
+def _optimizer_section_moved(section: Any) -> str:
+    """The one-line message for a config that still has an ``optimizer:`` section."""
+    if not isinstance(section, dict):
+        section = {}
+    name = str(section.get("name", "adam"))
+    options: dict[str, Any] = {}
+    if name.lower() == "ngvi":
+        target = "ngvi"
+        if "lr" in section:
+            options["step_size"] = section["lr"]
+        options.update(section.get("options") or {})
+    elif name.lower() == "auto":
+        target = "auto"
+    else:
+        target = "sgd"
+        options["optimizer"] = name
+        for key, new_key in (
+            ("lr", "lr"),
+            ("lr_schedule", "schedule"),
+            ("average_from", "average_from"),
+            ("clip_grad_norm", "clip_grad_norm"),
+        ):
+            if key in section:
+                options[new_key] = section[key]
+        if section.get("options"):
+            options["optimizer_kwargs"] = section["options"]
+    written = yaml.safe_dump(
+        {"method": {"name": target, "options": options} if options else {"name": target}},
+        default_flow_style=True,
+    ).strip()
+    return (
+        "config section 'optimizer' was replaced by 'method' (the inference method and its "
+        f"settings); write {written} instead, or drop it for the automatic method"
+    )
 
 
 def _positive(value: int | None, key: str) -> None:

@@ -82,7 +82,7 @@ def log_importance_weights(
         for start in range(0, num_samples, chunk):
             n = min(chunk, num_samples - start)
             z, log_q = family.rsample_and_log_prob((n,))
-            pieces.append(model.log_joint(z).total - log_q)
+            pieces.append(model.full_log_joint(z) - log_q)
     log_w = torch.cat(pieces).double()
     if log_w.dim() != 1:
         raise ValueError(

@@ -1,13 +1,13 @@
 """One logged training run from a config: run directory, TensorBoard, metrics and checkpoint.
 
 :func:`train_run` builds the objects a :class:`~svi_torch.config.Config` describes, checks
-that the trainer accepts them, and only then creates the run directory, which ends up
-holding
+that the method and the loop accept them, and only then creates the run directory, which
+ends up holding
 
 * ``config.yaml``: the resolved config (every default filled in);
 * ``events.out.tfevents.*``: TensorBoard scalars, histograms, the marginals figure and
   the hyperparameters with the final metrics;
-* ``checkpoint.pt``: the trainer's checkpoint (``resume=True`` continues from it);
+* ``checkpoint.pt``: the loop's checkpoint (``resume=True`` continues from it);
 * ``metrics.json``: final ELBO with its Monte Carlo standard error, steps, wall time,
   steps per second, stop reason, posterior summary, KL to the prior and, when the model
   has an exact posterior, the KL to it and the log evidence;
@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -39,7 +40,6 @@ from .training.distributed import current_context
 from .training.logging import TensorBoardLogger
 from .training.monitoring import TrainingMonitor, kl_to_posterior, kl_to_prior
 from .training.result import FitResult, estimate_elbo
-from .training.trainer import make_trainer
 
 __all__ = ["RunOutcome", "run_name", "new_run_dir", "train_run", "CONFIG_FILE", "CHECKPOINT_FILE"]
 
@@ -70,14 +70,15 @@ class RunInterrupted(Exception):
 
 
 def run_name(config: Config, when: float | None = None) -> str:
-    """``YYYYmmdd-HHMMSS_<model>_<family>_<objective>_N<n>_B<batch>_K<particles>``."""
+    """``YYYYmmdd-HHMMSS_<model>_<family>_<objective or method>_N<n>_B<batch>_K<particles>``."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
-    parts = [stamp, config.model.name, config.family.name, config.objective.name]
+    last = config.objective.name if config.objective else config.method.name
+    parts = [stamp, config.model.name, config.family.name, last]
     if config.data.source == "synthetic":
         parts.append(f"N{config.data.num_data}")
     if config.train.batch_size is not None:
         parts.append(f"B{config.train.batch_size}")
-    particles = config.objective.options.get("num_particles")
+    particles = config.objective.options.get("num_particles") if config.objective else None
     if particles is not None:
         parts.append(f"K{particles}")
     # ``module.path:ClassName`` -> ``ClassName``; keep names filesystem-safe.
@@ -118,22 +119,23 @@ def train_run(
     settings = train_settings(config, checkpoint, resume)
     settings.progress = progress
     try:
-        trainer = make_trainer(built.model, built.family, built.objective, settings)
+        built.method.validate(built.model, built.family, built.objective, settings)
     except CheckpointError as err:
         raise ConfigError(str(err)) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(" ".join(str(err).split())) from None
     if not current_context().is_main:
         # Under torchrun, rank 0 alone writes the run directory; the others only train.
-        result = trainer.run()
-        if trainer.interrupted_by is not None:
-            raise RunInterrupted(trainer.interrupted_by, run_dir)
+        result = built.method.fit(built.model, built.family, built.objective, settings)
+        if result.interrupted_by is not None:
+            raise RunInterrupted(result.interrupted_by, run_dir)
         return RunOutcome(run_dir, result, {}, built)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     log = config.logging
-    # On resume, events after the checkpoint's step were written by the interrupted run.
-    logger = TensorBoardLogger(run_dir, purge_step=trainer.step + 1 if trainer.step else None)
+    # On resume the loop tells the logger the checkpoint's step, and events after it
+    # (written by the interrupted run) are dropped.
+    logger = TensorBoardLogger(run_dir)
     monitor = TrainingMonitor(
         grad_stats_every=log.grad_stats_every,
         grad_stats_draws=log.grad_stats_draws,
@@ -141,13 +143,13 @@ def train_run(
         kl_samples=log.kl_samples,
         seed=config.train.seed,
     )
-    trainer.loggers.append(logger)
-    trainer.callbacks.append(monitor)
     try:
-        result = trainer.run()
-        if trainer.interrupted_by is not None:
+        result = built.method.fit(
+            built.model, built.family, built.objective, settings, [logger], [monitor]
+        )
+        if result.interrupted_by is not None:
             # The checkpoint is written; a final metrics.json would claim a finished run.
-            raise RunInterrupted(trainer.interrupted_by, run_dir)
+            raise RunInterrupted(result.interrupted_by, run_dir)
         metrics = final_metrics(result, monitor, log.elbo_samples, log.kl_samples)
         diagnostics = {
             k: v
@@ -202,6 +204,9 @@ def final_metrics(
             "wall_time_s": result.wall_time,
             "steps_per_s": result.steps_per_second,
             "stop_reason": result.stop_reason,
+            "method": result.method,
+            "decisions": [dataclasses.asdict(d) for d in result.decisions],
+            "grad_evals": result.grad_evals,
             "skipped_steps": result.skipped_steps,
             "num_data": model.num_data,
             "dim": model.dim,
@@ -254,7 +259,7 @@ def full_data_elbo(model: Any, family: Any, num_samples: int, chunk: int) -> tup
         entropy = family.entropy().double()
         for start in range(0, num_samples, chunk):
             z = family.sample(min(chunk, num_samples - start))
-            values.append(model.log_joint(z).total.double())
+            values.append(model.full_log_joint(z).double())
     terms = torch.cat(values)
     return (terms.mean() + entropy).item(), (terms.std() / math.sqrt(terms.numel())).item()
 
@@ -264,14 +269,15 @@ def hparams_of(config: Config) -> dict[str, Any]:
     return {
         "model": config.model.name,
         "family": config.family.name,
-        "objective": config.objective.name,
-        "num_particles": config.objective.options.get("num_particles", 1),
+        "objective": config.objective.name if config.objective else "default",
+        "num_particles": config.objective.options.get("num_particles", 1)
+        if config.objective
+        else -1,
         "num_data": config.data.num_data if config.data.source == "synthetic" else -1,
         "dim": config.data.dim if config.data.source == "synthetic" else -1,
         "batch_size": config.train.batch_size if config.train.batch_size is not None else -1,
-        "optimizer": config.optimizer.name,
-        "lr": config.optimizer.lr,
-        "lr_schedule": config.optimizer.lr_schedule,
+        "method": config.method.name,
+        **{f"method.{k}": v for k, v in config.method.options.items()},
         "steps": config.train.steps if config.train.steps is not None else -1,
         "seed": config.train.seed,
     }

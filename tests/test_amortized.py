@@ -42,7 +42,16 @@ def ppca_fit():
     family = AmortizedGaussian(model.dim, context_dim=6, hidden_dims=())
     logger = MemoryLogger()
     torch.manual_seed(0)
-    st.fit(model, family, ELBO(), steps=1500, batch_size=100, lr=3e-2, seed=0, loggers=[logger])
+    st.fit(
+        model,
+        family,
+        ELBO(),
+        steps=1500,
+        batch_size=100,
+        method=st.methods.SGD(lr=3e-2),
+        seed=0,
+        loggers=[logger],
+    )
     return x, W, model, family, logger
 
 

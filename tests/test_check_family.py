@@ -116,7 +116,14 @@ def test_student_t_family_from_config_path_trains():
     entry = FAMILIES.get("svi_torch.examples.student_t:StudentTFamily")
     model = st.models.NormalMean(st.models.normal_mean_data(200, true_mean=1.0, seed=0))
     family = entry.factory(model.dim, init_scale=0.5)
-    st.fit(model, family, st.objectives.ELBO(num_particles=8), steps=300, lr=3e-2, seed=0)
+    st.fit(
+        model,
+        family,
+        st.objectives.ELBO(num_particles=8),
+        steps=300,
+        method=st.methods.SGD(lr=3e-2),
+        seed=0,
+    )
     post = model.exact_posterior()
     # The posterior sd is 1/sqrt(201) ~ 0.07; a t family's location must land within 0.5 sd.
     assert abs(family.loc.item() - post.mean.item()) < 0.5 * post.stddev.item()

@@ -13,9 +13,10 @@ import torch
 import svi_torch as st
 from svi_torch.data import MinibatchStream
 from svi_torch.families import FullRankGaussian, MeanFieldGaussian
+from svi_torch.methods import SGD
 from svi_torch.models import BayesianLinearRegression, regression_data
 from svi_torch.objectives import ELBO
-from svi_torch.training import CheckpointError, TrainConfig, Trainer, preflight
+from svi_torch.training import CheckpointError, TrainConfig, preflight
 from svi_torch.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
@@ -147,17 +148,17 @@ def test_rotation_without_hard_links_writes_a_copy(tmp_path, monkeypatch):
 # -- completeness ------------------------------------------------------------------------------
 def test_checkpoint_holds_everything_needed_to_continue(tmp_path, model):
     path = tmp_path / "run.pt"
-    trainer = Trainer(
+    loop = SGD().prepare(
         model,
         FullRankGaussian(model.dim),
         ELBO(num_particles=2),
         TrainConfig(steps=400, batch_size=32, convergence=True, checkpoint_path=path, seed=3),
     )
-    trainer.run(stop_at=250)
+    loop.run(stop_at=250)
     state = load_checkpoint(path)
     for key in (
-        "step", "family", "model_params", "optimizer", "schedule", "average", "monitor",
-        "stream", "rng", "skipped_steps", "elbo_ema", "history", "base_lr", "health",
+        "step", "method", "family", "model_params", "rule", "schedule", "monitor", "stream",
+        "rng", "skipped_steps", "step_size_factor", "elbo_ema", "history", "health",
     ):  # fmt: skip
         assert key in state, key
     assert state["step"] == 250
@@ -168,27 +169,33 @@ def test_checkpoint_holds_everything_needed_to_continue(tmp_path, model):
         stream.next_indices()
     assert state["stream"] == {"epoch": stream.epoch, "position": stream.position}
     assert state["stream"]["position"] > 0  # mid-epoch: the position matters
-    assert state["optimizer"]["state"], "optimizer moments missing"
-    assert state["average"]["count"] == 50  # averaging runs from step 200 (average_from=0.5)
+    assert state["method"]["name"] == "sgd"
+    assert state["rule"]["optimizer"]["state"], "optimizer moments missing"
+    assert (
+        state["rule"]["average"]["count"] == 50
+    )  # averaging runs from step 200 (average_from=0.5)
 
 
 def test_convergence_stop_reason_survives_a_resume(tmp_path, model):
     settings = dict(steps=3000, batch_size=32, convergence=True, seed=3, log_every=50)
-    expected = st.fit(model, FullRankGaussian(model.dim), ELBO(num_particles=2), **settings)
+    expected = st.fit(
+        model, FullRankGaussian(model.dim), ELBO(num_particles=2), method="sgd", **settings
+    )
     assert expected.stop_reason.startswith("converged")  # the rule fires before 3000
     path = tmp_path / "run.pt"
-    trainer = Trainer(
+    loop = SGD().prepare(
         model,
         FullRankGaussian(model.dim),
         ELBO(num_particles=2),
         TrainConfig(**settings, checkpoint_path=path),
     )
-    trainer.run(stop_at=expected.steps - 10)  # after the rule fired, inside the refine phase
-    assert trainer.monitor is not None and trainer.monitor.reason is not None
+    loop.run(stop_at=expected.steps - 10)  # after the rule fired, inside the refine phase
+    assert loop.state.monitor is not None and loop.state.monitor.reason is not None
     resumed = st.fit(
         model,
         FullRankGaussian(model.dim),
         ELBO(num_particles=2),
+        method="sgd",
         **settings,
         checkpoint_path=path,
         resume=True,
@@ -200,20 +207,20 @@ def test_convergence_stop_reason_survives_a_resume(tmp_path, model):
 def test_resumed_tensorboard_events_have_no_duplicates_or_gaps(tmp_path, model):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    settings = dict(steps=200, batch_size=32, seed=1, log_every=10, optimizer="adam")
+    settings = dict(steps=200, batch_size=32, seed=1, log_every=10)
     ref_dir, run_dir, path = tmp_path / "ref", tmp_path / "run", tmp_path / "run.pt"
     st.fit(
         model,
         MeanFieldGaussian(model.dim),
+        method="sgd",
         **settings,
         loggers=[st.training.TensorBoardLogger(ref_dir)],
     )
-    first = Trainer(
+    first = SGD().prepare(
         model,
         MeanFieldGaussian(model.dim),
-        config=TrainConfig(
-            **settings, checkpoint_path=path, checkpoint_every=25, keep_checkpoints=10
-        ),
+        None,
+        TrainConfig(**settings, checkpoint_path=path, checkpoint_every=25, keep_checkpoints=10),
         loggers=[st.training.TensorBoardLogger(run_dir)],
     )
     first.run(stop_at=140)
@@ -221,13 +228,14 @@ def test_resumed_tensorboard_events_have_no_duplicates_or_gaps(tmp_path, model):
         logger.close()
     # As if killed at step 140: its events up to 140 are on disk, its last checkpoint is 125.
     shutil.copy(dict(step_checkpoints(path))[125], path)
-    resumed = Trainer(
+    resumed = SGD().prepare(
         model,
         MeanFieldGaussian(model.dim),
-        config=TrainConfig(**settings, checkpoint_path=path, resume=True),
+        None,
+        TrainConfig(**settings, checkpoint_path=path, resume=True),
         loggers=[st.training.TensorBoardLogger(run_dir)],
     )
-    assert resumed.step == 125
+    assert resumed.state.step == 125
     resumed.run()
     for logger in resumed.loggers:
         logger.close()

@@ -199,7 +199,9 @@ def test_tensorboard_server_serves_run_and_scalar_tags(quick_run) -> None:
         (["--set", "family.options.bogus=1"], "family 'fullrank':"),
         (["--set", "logging.grad_stats_every=30"], "multiple of logging.log_every"),
         (["--set", "data.source=missing.csv"], "'missing.csv' does not exist"),
-        (["--set", "optimizer.name=adamw2"], "unknown optimizer 'adamw2'"),
+        (["--set", "method.options.optimizer=adamw2"], "unknown optimizer 'adamw2'"),
+        (["--set", "method.name=adamw"], "unknown method 'adamw'; choose one of"),
+        (["--set", "optimizer.lr=0.1"], "config section 'optimizer' was replaced by 'method'"),
         (["--set", "train.batch_size=5000"], "batch_size must be between 1 and the number of data"),
     ],
 )
@@ -286,7 +288,7 @@ def test_user_model_class_and_csv_data_from_config(tmp_path: Path, monkeypatch, 
         "data": {"source": str(tmp_path / "obs.csv")},
         "family": {"name": "meanfield"},
         "objective": {"options": {"num_particles": 4}},
-        "optimizer": {"lr": 0.05},
+        "method": {"name": "sgd", "options": {"lr": 0.05}},
         "train": {"steps": 600, "batch_size": 100, "num_threads": 1},
         "logging": {"log_every": 100, "grad_stats_every": 0, "histogram_every": 0, "figure": False},
     }
@@ -345,3 +347,33 @@ def test_resume_needs_a_run_directory(tmp_path: Path, capsys) -> None:
     (tmp_path / "run" / "config.yaml").write_text(QUICK.read_text())
     assert main(["train", str(tmp_path / "run"), "--resume"]) == 2
     assert "checkpoint.pt does not exist" in capsys.readouterr().err
+
+
+def test_a_config_of_model_data_family_and_train_runs_the_automatic_method_as_python_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No objective, no method: the CLI runs what ``st.fit(model, family)`` runs, bit for bit."""
+    import svi_torch as st
+    from svi_torch.training import load_checkpoint
+
+    config = {
+        "model": {"name": "linear_regression", "options": {"noise_scale": 1.0, "prior_scale": 1.0}},
+        "data": {"num_data": 4000, "dim": 5, "correlation": 0.6, "seed": 0},
+        "family": {"name": "fullrank"},
+        "train": {"steps": 2000, "batch_size": 64, "seed": 0},
+    }
+    path = tmp_path / "auto.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--logdir", str(tmp_path / "runs"), "--quiet"]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["method"] == "auto -> ngvi from laplace"
+    assert metrics["kl_posterior"] < 0.01
+    X, y, _ = st.models.regression_data(4000, 5, correlation=0.6, seed=0)
+    model = st.models.BayesianLinearRegression(X, y, noise_scale=1.0, prior_scale=1.0)
+    family = st.families.FullRankGaussian(model.dim)
+    result = st.fit(model, family, batch_size=64, steps=2000, seed=0)
+    assert result.steps == metrics["steps"] and result.method == metrics["method"]
+    saved = load_checkpoint(run_dir / "checkpoint.pt")["family"]
+    for key, value in family.state_dict().items():
+        assert torch.equal(saved[key], value), key

@@ -16,7 +16,7 @@ from svi_torch.objectives import ELBO
 def test_delta_fit_is_the_map_of_a_conjugate_model():
     model = NormalMean(normal_mean_data(200, true_mean=1.0, seed=0))
     family = Delta(model.dim)
-    st.fit(model, family, ELBO(), steps=800, lr=5e-2, seed=0)
+    st.fit(model, family, ELBO(), steps=800, method=st.methods.SGD(lr=5e-2), seed=0)
     # Gaussian posterior: MAP = posterior mean. No sampling noise: the draw is the point.
     post_mean = model.exact_posterior().mean
     torch.testing.assert_close(family.loc.detach(), post_mean, atol=1e-3, rtol=0)
@@ -40,6 +40,6 @@ def test_delta_is_map_in_the_unconstrained_space():
     # (d/dz [-e^{2z}/2 + z] = 0), not at the constrained mode sigma = 0.
     model = _HalfNormalScale()
     family = Delta(model.dim)
-    st.fit(model, family, ELBO(), steps=800, lr=5e-2, seed=0)
+    st.fit(model, family, ELBO(), steps=800, method=st.methods.SGD(lr=5e-2), seed=0)
     sigma = math.exp(family.loc.item())
     assert abs(sigma - 1.0) < 1e-3

@@ -138,7 +138,9 @@ def test_gradient_variance_reports_names_and_snr(regression):
 def test_fit_result_diagnose_gives_the_logged_scalars():
     X, y, _ = regression_data(200, 2, seed=5)
     model = BayesianLinearRegression(X, y)
-    result = st.fit(model, FullRankGaussian(model.dim), steps=600, lr=5e-2, seed=0)
+    result = st.fit(
+        model, FullRankGaussian(model.dim), steps=600, method=st.methods.SGD(lr=5e-2), seed=0
+    )
     diagnostics = result.diagnose(num_samples=2000, seed=0)
     assert isinstance(diagnostics, Diagnostics) and diagnostics.num_samples == 2000
     logged = diagnostics.as_dict()

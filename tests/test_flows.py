@@ -51,7 +51,14 @@ def _fit_pair(target, transform):
         ("fullrank", FullRankGaussian(2, init_scale=1.0)),
         ("flow", NormalizingFlow(2, transform=transform, layers=2)),
     ]:
-        st.fit(target, family, ELBO(num_particles=16), steps=600, lr=3e-2, seed=0)
+        st.fit(
+            target,
+            family,
+            ELBO(num_particles=16),
+            steps=600,
+            method=st.methods.SGD(lr=3e-2),
+            seed=0,
+        )
         results[name] = _kl_and_khat(target, family)
     return results
 

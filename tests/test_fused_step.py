@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import svi_torch as st
-import svi_torch.training.trainer as trainer_module
+import svi_torch.methods.sgd as sgd_module
 from svi_torch.training.fused_step import FusedAdamStep, optimizer_step, optimizer_zero_grad
 
 
@@ -95,17 +95,18 @@ def test_trainer_uses_the_shortcuts_and_matches_the_plain_step(monkeypatch):
     def run(use_shortcut: bool) -> list[torch.Tensor]:
         model = st.models.BayesianLinearRegression(*st.models.regression_data(300, 3, seed=4)[:2])
         family = st.families.FullRankGaussian(model.dim)
-        config = st.training.TrainConfig(steps=60, batch_size=32, lr=0.02, seed=0)
-        trainer = st.training.Trainer(model, family, st.objectives.ELBO(2), config)
-        assert isinstance(trainer._optimizer_step, FusedAdamStep)
+        config = st.training.TrainConfig(steps=60, batch_size=32, seed=0)
+        loop = st.methods.SGD(lr=0.02).prepare(model, family, st.objectives.ELBO(2), config)
+        rule = loop.rule
+        assert isinstance(rule._optimizer_step, FusedAdamStep)
         if use_shortcut:
-            trainer.run()
+            loop.run()
         else:
-            trainer._optimizer_step = trainer.optimizer.step
-            trainer._zero_grad = lambda: trainer.optimizer.zero_grad(set_to_none=True)
+            rule._optimizer_step = rule.optimizer.step
+            rule._zero_grad = lambda: rule.optimizer.zero_grad(set_to_none=True)
             with monkeypatch.context() as patch:
-                patch.setattr(trainer_module, "backward", lambda loss: loss.backward())
-                trainer.run()
+                patch.setattr(sgd_module, "backward", lambda loss: loss.backward())
+                loop.run()
         return [p.detach().clone() for p in family.parameters()]
 
     for fast, plain in zip(run(True), run(False), strict=True):

@@ -24,7 +24,9 @@ def bimodal():
 
 def test_mixture_puts_mass_on_both_modes_with_the_true_weights(bimodal):
     family = GaussianMixture(2, components=2)
-    st.fit(bimodal, family, ELBO(num_particles=8), steps=600, lr=5e-2, seed=0)
+    st.fit(
+        bimodal, family, ELBO(num_particles=8), steps=600, method=st.methods.SGD(lr=5e-2), seed=0
+    )
     with torch.no_grad():
         weights, locs = family.weights, family.locs
     # Assign each component to the mode nearest its mean; each mode must get one.
@@ -42,7 +44,9 @@ def test_mixture_puts_mass_on_both_modes_with_the_true_weights(bimodal):
 
 def test_single_gaussian_sits_on_one_mode(bimodal):
     family = MeanFieldGaussian(2, init_loc=torch.tensor([0.5, 0.0]))
-    st.fit(bimodal, family, ELBO(num_particles=8), steps=600, lr=5e-2, seed=0)
+    st.fit(
+        bimodal, family, ELBO(num_particles=8), steps=600, method=st.methods.SGD(lr=5e-2), seed=0
+    )
     loc, scale = family.loc.detach(), family.scale.detach()
     # Reverse KL is mode-seeking: one mode, unit scale, rather than spreading over both
     # (a moment-matched Gaussian would have sd sqrt(1 + 16 * 0.21) ~ 2.1 along e_1).

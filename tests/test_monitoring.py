@@ -86,14 +86,14 @@ def test_gradient_statistics_match_the_analytic_variance_on_normal_mean() -> Non
     m_n, s2_n = post.mean.item(), post.covariance_matrix.item()
     family = st.families.MeanFieldGaussian(1, init_loc=0.5, init_scale=0.3).double()
     K, draws = 4, 4000
-    trainer = st.training.Trainer(
+    loop = st.methods.SGD().prepare(
         model,
         family,
         st.objectives.ELBO(num_particles=K),
         st.training.TrainConfig(batch_size=50, steps=1),
     )
     torch.manual_seed(0)
-    variance, snr = gradient_statistics(trainer, draws=draws)
+    variance, snr = gradient_statistics(loop.state, draws=draws)
     sigma, r, a = 0.3, family.raw_scale.item(), 0.5 - m_n
     var_m = sigma**2 / (K * s2_n**2)
     var_r = torch.sigmoid(torch.tensor(r)).item() ** 2 * (a**2 + 2 * sigma**2) / (K * s2_n**2)
@@ -116,6 +116,7 @@ def test_monitoring_never_changes_the_training_trajectory() -> None:
             model,
             family,
             st.objectives.ELBO(num_particles=2),
+            method="sgd",
             batch_size=32,
             steps=120,
             log_every=20,
@@ -144,6 +145,7 @@ def test_monitor_metrics_and_histograms_reach_the_loggers() -> None:
         family,
         batch_size=100,
         steps=200,
+        convergence=False,
         log_every=25,
         loggers=[logger, Histograms()],
         callbacks=[monitor],

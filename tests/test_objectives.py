@@ -184,7 +184,7 @@ def test_objectives_are_interchangeable_with_elbo_in_fit(objective):
     X, y, _ = st.models.regression_data(200, 2, seed=2)
     model = BayesianLinearRegression(X, y)
     family = FullRankGaussian(model.dim)
-    result = st.fit(model, family, objective, steps=1000, lr=5e-2, seed=0)
+    result = st.fit(model, family, objective, steps=1000, method=st.methods.SGD(lr=5e-2), seed=0)
     post = model.exact_posterior()
     with torch.no_grad():
         q = family()

@@ -206,7 +206,13 @@ def test_bridge_recovers_conjugate_normal_posterior_with_minibatches():
     exact = NormalMean(x, noise_scale=2.0, prior_loc=0.0, prior_scale=1.0)
     family = FullRankGaussian(model.dim)
     result = st.fit(
-        model, family, ELBO(num_particles=16), batch_size=100, steps=3000, lr=3e-2, seed=1
+        model,
+        family,
+        ELBO(num_particles=16),
+        batch_size=100,
+        steps=3000,
+        method=st.methods.SGD(lr=3e-2),
+        seed=1,
     )
     post = exact.exact_posterior()
     with torch.no_grad():

@@ -17,9 +17,10 @@ import torch
 
 import svi_torch as st
 from svi_torch.families import FullRankGaussian, MeanFieldGaussian
+from svi_torch.methods import SGD
 from svi_torch.models import BayesianLinearRegression, NormalMean, normal_mean_data, regression_data
 from svi_torch.objectives import ELBO
-from svi_torch.training import MemoryLogger, NonFiniteLossError, TrainConfig, Trainer
+from svi_torch.training import MemoryLogger, NonFiniteLossError, TrainConfig
 from svi_torch.training.checkpoint import load_checkpoint
 from svi_torch.training.history import thin_history
 
@@ -55,8 +56,7 @@ def test_nan_region_run_rolls_back_lowers_lr_and_converges():
             model,
             family,
             ELBO(num_particles=4),
-            optimizer="sgd",
-            lr=0.012,
+            method=st.methods.SGD(optimizer="sgd", lr=0.012),
             batch_size=50,
             steps=1500,
             seed=0,
@@ -84,23 +84,31 @@ def test_nan_region_run_rolls_back_lowers_lr_and_converges():
 def test_resume_after_a_recovery_keeps_the_lowered_lr_and_matches_uninterrupted(tmp_path):
     x = normal_mean_data(200, true_mean=1.0, noise_scale=1.0, seed=0)
     model = Cliff(x)
-    run = dict(optimizer="sgd", lr=0.012, batch_size=50, steps=300, seed=0, max_bad_steps=10)
+    run = dict(batch_size=50, steps=300, seed=0, max_bad_steps=10)
+    method = SGD(optimizer="sgd", lr=0.012)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         reference = MeanFieldGaussian(1)
-        expected = st.fit(model, reference, ELBO(num_particles=4), **run)
+        expected = st.fit(model, reference, ELBO(num_particles=4), method=method, **run)
         ckpt = tmp_path / "run.pt"
-        trainer = Trainer(
+        loop = method.prepare(
             model,
             MeanFieldGaussian(1),
             ELBO(num_particles=4),
             TrainConfig(**run, checkpoint_path=ckpt),
         )
-        trainer.run(stop_at=150)
-        assert trainer.health.recoveries == 1 and trainer.base_lr == pytest.approx(0.006)
+        loop.run(stop_at=150)
+        assert loop.health.recoveries == 1
+        assert loop.rule.base_lr * loop.state.step_size_factor == pytest.approx(0.006)
         resumed = MeanFieldGaussian(1)
         result = st.fit(
-            model, resumed, ELBO(num_particles=4), **run, checkpoint_path=ckpt, resume=True
+            model,
+            resumed,
+            ELBO(num_particles=4),
+            method=method,
+            **run,
+            checkpoint_path=ckpt,
+            resume=True,
         )
     assert result.skipped_steps == expected.skipped_steps
     assert result.history["lr"] == expected.history["lr"]
@@ -161,6 +169,7 @@ def test_persistent_nan_stops_naming_step_and_term_and_checkpoints_last_good_sta
                 model,
                 family,
                 ELBO(num_particles=2),
+                method="sgd",
                 **settings,
                 snapshot_every=10,
                 checkpoint_path=ckpt,
@@ -175,7 +184,7 @@ def test_persistent_nan_stops_naming_step_and_term_and_checkpoints_last_good_sta
     state = load_checkpoint(ckpt)
     assert state["health"]["good"]["step"] == 20
     intact_model, intact_family = _broken(term, start=10**9)
-    Trainer(intact_model, intact_family, ELBO(num_particles=2), TrainConfig(**settings)).run(
+    SGD().prepare(intact_model, intact_family, ELBO(num_particles=2), TrainConfig(**settings)).run(
         stop_at=20
     )
     for key, value in intact_family.state_dict().items():
@@ -183,11 +192,19 @@ def test_persistent_nan_stops_naming_step_and_term_and_checkpoints_last_good_sta
         assert torch.equal(family.state_dict()[key], value), key
 
 
-def test_nan_from_the_first_step_raises_at_once_with_the_initial_parameters():
+@pytest.mark.parametrize(
+    ("method", "error", "message"),
+    [
+        ("sgd", NonFiniteLossError, "no finite step was ever taken"),
+        # The automatic method's MAP search finds no finite point: an invalid model.
+        ("auto", ValueError, "is not finite at any point tried"),
+    ],
+)
+def test_nan_from_the_first_step_raises_at_once_with_the_initial_parameters(method, error, message):
     model, family = _broken("log_likelihood", start=1)
     initial = {k: v.clone() for k, v in family.state_dict().items()}
-    with pytest.raises(NonFiniteLossError, match="no finite step was ever taken"):
-        st.fit(model, family, steps=100, max_bad_steps=5)
+    with pytest.raises(error, match=message):
+        st.fit(model, family, method=method, steps=100, max_bad_steps=5)
     for key, value in initial.items():
         assert torch.equal(family.state_dict()[key], value)
 
@@ -234,7 +251,7 @@ RUN = dict(batch_size=32, steps=300, seed=7, log_every=10, convergence=True)
 def test_signal_writes_checkpoint_returns_and_resume_matches_uninterrupted(tmp_path, signum):
     model = _small_regression()
     reference = FullRankGaussian(model.dim)
-    expected = st.fit(model, reference, ELBO(num_particles=2), **RUN)
+    expected = st.fit(model, reference, ELBO(num_particles=2), method="sgd", **RUN)
 
     ckpt = tmp_path / "run.pt"
     before = signal.getsignal(signum)
@@ -243,6 +260,7 @@ def test_signal_writes_checkpoint_returns_and_resume_matches_uninterrupted(tmp_p
         model,
         first,
         ELBO(num_particles=2),
+        method="sgd",
         **RUN,
         checkpoint_path=ckpt,
         callbacks=[SignalAt(120, signum)],
@@ -250,20 +268,28 @@ def test_signal_writes_checkpoint_returns_and_resume_matches_uninterrupted(tmp_p
     name = signal.Signals(signum).name
     assert result.stop_reason.startswith(f"interrupted by {name} at step 120")
     assert result.steps == 120 and load_checkpoint(ckpt)["step"] == 120
-    trainer = Trainer(
+    loop = SGD().prepare(
         model,
         FullRankGaussian(model.dim),
         ELBO(num_particles=2),
         TrainConfig(**RUN),
         callbacks=[SignalAt(20, signum)],
     )
-    assert trainer.interrupted_by is None
-    trainer.run()
-    assert trainer.interrupted_by == signum and trainer.step == 20
+    assert loop.interrupted_by is None
+    loop.run()
+    assert loop.interrupted_by == signum and loop.state.step == 20
     assert signal.getsignal(signum) is before  # the caller's handler is back
 
     resumed = FullRankGaussian(model.dim)
-    final = st.fit(model, resumed, ELBO(num_particles=2), **RUN, checkpoint_path=ckpt, resume=True)
+    final = st.fit(
+        model,
+        resumed,
+        ELBO(num_particles=2),
+        method="sgd",
+        **RUN,
+        checkpoint_path=ckpt,
+        resume=True,
+    )
     assert final.steps == expected.steps and final.stop_reason == expected.stop_reason
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
@@ -391,7 +417,13 @@ def test_thin_history_halves_and_keeps_the_newest_entry():
 def test_history_stays_bounded_over_a_long_run():
     model = _small_regression()
     result = st.fit(
-        model, MeanFieldGaussian(model.dim), steps=2000, log_every=1, max_history=100, seed=0
+        model,
+        MeanFieldGaussian(model.dim),
+        steps=2000,
+        log_every=1,
+        max_history=100,
+        seed=0,
+        convergence=False,
     )
     steps = result.history["step"]
     assert 50 <= len(steps) <= 100
@@ -480,7 +512,10 @@ def test_malformed_data_always_gives_one_clear_error_and_no_run_directory(
     assert not run_dir.exists()
 
 
-GOOD_SETTINGS = dict(steps=3, batch_size=8, lr=0.01, seed=0, log_every=1)
+GOOD_SETTINGS = dict(steps=3, batch_size=8, seed=0, log_every=1)
+GOOD_METHOD = dict(lr=0.01)
+#: Settings of the method value (st.methods.SGD), the others are fit()'s.
+METHOD_KEYS = ("optimizer", "lr", "optimizer_kwargs", "schedule", "average_from", "clip_grad_norm")
 BAD_VALUES = {
     "steps": [0, -3, 2.5, "10", True],
     "epochs": [0, -1, 1.5, "2"],
@@ -488,7 +523,7 @@ BAD_VALUES = {
     "optimizer": ["adamw2", 3, None, "", "lbfgs", "sparseadam"],
     "lr": [0.0, -1.0, math.nan, math.inf, "0.1"],
     "optimizer_kwargs": [[1, 2], "betas", {"betas": "x"}, {"nonsense": 1}],
-    "lr_schedule": ["linear", 3, ""],
+    "schedule": ["linear", 3, ""],
     "average_from": [1.0, -0.1, 2],
     "clip_grad_norm": [0, -1.0, math.nan, "1"],
     "convergence": ["yes", 3],
@@ -533,8 +568,9 @@ def test_malformed_settings_always_give_one_clear_error_and_no_run_directory(
         config.pop("steps", None)  # epochs alone is valid; its value is the defect
     if config.get("device") == "cuda:99" and torch.cuda.device_count() >= 100:
         config["device"] = "nonsense"
+    method = {**GOOD_METHOD, **{k: config.pop(k) for k in METHOD_KEYS if k in config}}
     with pytest.raises((ValueError, TypeError)) as info:
-        st.fit(model, MeanFieldGaussian(model.dim), **config)
+        st.fit(model, MeanFieldGaussian(model.dim), method=SGD(**method), **config)
     message = str(info.value)
     assert message and "\n" not in message, message
     assert not run_dir.exists()
@@ -548,8 +584,9 @@ def test_every_single_bad_setting_gives_one_clear_error(tmp_path, key, value):
     config = {**GOOD_SETTINGS, "checkpoint_path": tmp_path / "run" / "c.pt", key: value}
     if key == "epochs":
         config.pop("steps")
+    method = {**GOOD_METHOD, **{k: config.pop(k) for k in METHOD_KEYS if k in config}}
     with pytest.raises((ValueError, TypeError)) as info:
         model = _small_regression()
-        st.fit(model, MeanFieldGaussian(model.dim), **config)
+        st.fit(model, MeanFieldGaussian(model.dim), method=SGD(**method), **config)
     assert str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()

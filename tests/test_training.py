@@ -47,8 +47,7 @@ def fullrank_fit(correlated_regression):
         ELBO(num_particles=16),
         batch_size=64,
         steps=6000,
-        lr=3e-2,
-        average_from=0.3,
+        method=st.methods.SGD(lr=3e-2, average_from=0.3),
         seed=0,
     )
     return family, result
@@ -89,8 +88,7 @@ def test_fullrank_recovers_normal_mean_posterior_with_minibatches():
         ELBO(num_particles=16),
         batch_size=100,
         steps=6000,
-        lr=3e-2,
-        average_from=0.3,
+        method=st.methods.SGD(lr=3e-2, average_from=0.3),
         seed=1,
     )
     _check_exact(family, model, result.elbo(20000))
@@ -106,8 +104,7 @@ def test_meanfield_converges_to_inverse_precision_diagonal(correlated_regression
         ELBO(num_particles=16),
         batch_size=64,
         steps=6000,
-        lr=3e-2,
-        average_from=0.3,
+        method=st.methods.SGD(lr=3e-2, average_from=0.3),
         seed=2,
     )
     precision = model.posterior_precision()
@@ -127,7 +124,13 @@ def test_positive_noise_scale_is_recovered():
     model = BayesianLinearRegression(X, y, noise_scale=None, noise_prior_scale=2.0)
     family = FullRankGaussian(model.dim)
     result = st.fit(
-        model, family, ELBO(num_particles=8), batch_size=100, steps=3000, lr=3e-2, seed=0
+        model,
+        family,
+        ELBO(num_particles=8),
+        batch_size=100,
+        steps=3000,
+        method=st.methods.SGD(lr=3e-2),
+        seed=0,
     )
     draws = result.sample(4000)["sigma"]
     assert bool((draws > 0).all())
@@ -181,23 +184,29 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
     model = BayesianLinearRegression(X, y)
     settings = dict(batch_size=32, steps=400, seed=5, log_every=50, convergence=True)
     reference = FullRankGaussian(model.dim)
-    ref_result = st.fit(model, reference, ELBO(num_particles=2), **settings)
+    ref_result = st.fit(model, reference, ELBO(num_particles=2), method="sgd", **settings)
 
     ckpt = tmp_path / "run.pt"
     first = FullRankGaussian(model.dim)
-    trainer = st.training.Trainer(
+    loop = st.methods.SGD().prepare(
         model,
         first,
         ELBO(num_particles=2),
         st.training.TrainConfig(**settings, checkpoint_path=ckpt),
     )
     # Stop after 230 steps (mid-epoch, mid-window), as if the process had been killed.
-    paused = trainer.run(stop_at=230)
+    paused = loop.run(stop_at=230)
     assert paused.steps == 230
 
     resumed = FullRankGaussian(model.dim)
     result = st.fit(
-        model, resumed, ELBO(num_particles=2), **settings, checkpoint_path=ckpt, resume=True
+        model,
+        resumed,
+        ELBO(num_particles=2),
+        method="sgd",
+        **settings,
+        checkpoint_path=ckpt,
+        resume=True,
     )
     assert result.steps == ref_result.steps
     for key, value in reference.state_dict().items():
@@ -215,7 +224,9 @@ def test_nan_steps_are_skipped_then_raise(correlated_regression):
 
     X, y, _ = regression_data(200, 2, seed=0)
     model = Flaky(X, y)
-    result = st.fit(model, FullRankGaussian(model.dim), steps=140, seed=0)
+    # SGD: one likelihood evaluation per step (the automatic method's MAP search and
+    # diagnostics would evaluate it too, and it has tests of its own).
+    result = st.fit(model, FullRankGaussian(model.dim), method="sgd", steps=140, seed=0)
     assert result.skipped_steps == 20
     assert all(math.isfinite(v) for v in result.family.state_dict()["loc"].tolist())
 
@@ -225,7 +236,7 @@ def test_nan_steps_are_skipped_then_raise(correlated_regression):
 
     broken = Broken(X, y)
     with pytest.raises(st.training.NonFiniteLossError, match="log_likelihood"):
-        st.fit(broken, FullRankGaussian(broken.dim), steps=100, max_bad_steps=5)
+        st.fit(broken, FullRankGaussian(broken.dim), method="sgd", steps=100, max_bad_steps=5)
 
 
 @pytest.mark.parametrize(
@@ -234,10 +245,22 @@ def test_nan_steps_are_skipped_then_raise(correlated_regression):
         (dict(batch_size=0), ValueError, "batch_size must be between 1"),
         (dict(batch_size=10_000), ValueError, "batch_size must be between 1"),
         (dict(batch_size=2.5), TypeError, "batch_size must be an int"),
-        (dict(optimizer="adamw2"), ValueError, "unknown optimizer 'adamw2'"),
+        (
+            dict(method={"name": "sgd", "options": {"optimizer": "adamw2"}}),
+            ValueError,
+            "unknown optimizer 'adamw2'",
+        ),
         (dict(steps=0), ValueError, "steps must be a positive int"),
-        (dict(lr=-1.0), ValueError, "lr must be a positive"),
-        (dict(lr_schedule="linear"), ValueError, "unknown lr_schedule"),
+        (
+            dict(method={"name": "sgd", "options": {"lr": -1.0}}),
+            ValueError,
+            "SGD lr must be a positive",
+        ),
+        (
+            dict(method={"name": "sgd", "options": {"schedule": "linear"}}),
+            ValueError,
+            "SGD schedule must be one of",
+        ),
         (dict(stepz=10), TypeError, "unknown setting"),
         (
             dict(device="cuda:7") if not torch.cuda.is_available() else dict(device="nonsense"),

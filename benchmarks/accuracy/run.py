@@ -201,7 +201,7 @@ def fit_svi_torch(model: Model, family: VariationalFamily, budget: Budget):
         family,
         ELBO(num_particles=budget.particles),
         steps=budget.steps,
-        lr=budget.lr,
+        method=st.methods.SGD(lr=budget.lr),
         seed=budget.seed,
         log_every=max(1, budget.steps),
     )

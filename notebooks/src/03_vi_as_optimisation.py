@@ -101,7 +101,7 @@ result = st.fit(
     family,
     st.objectives.ELBO(num_particles=4),
     steps=800,
-    lr=0.05,
+    method=st.methods.SGD(lr=0.05),
     seed=0,
     log_every=20,
     loggers=[logger],
@@ -178,7 +178,12 @@ with torch.no_grad():
 
 mean_field = st.families.MeanFieldGaussian(model.dim)
 mf_result = st.fit(
-    model, mean_field, st.objectives.ELBO(num_particles=4), steps=800, lr=0.05, seed=0
+    model,
+    mean_field,
+    st.objectives.ELBO(num_particles=4),
+    steps=800,
+    method=st.methods.SGD(lr=0.05),
+    seed=0,
 )
 with torch.no_grad():
     mf_kl = kl_divergence(as_mvn(mean_field), posterior).item()

@@ -79,9 +79,23 @@ plt.show()
 # %%
 bimodal = GaussianMixtureTarget()
 q_reverse = st.families.MeanFieldGaussian(1, init_loc=0.5, init_scale=1.0)
-st.fit(bimodal, q_reverse, st.objectives.ELBO(num_particles=8), steps=600, lr=0.05, seed=0)
+st.fit(
+    bimodal,
+    q_reverse,
+    st.objectives.ELBO(num_particles=8),
+    steps=600,
+    method=st.methods.SGD(lr=0.05),
+    seed=0,
+)
 q_forward = st.families.MeanFieldGaussian(1, init_loc=0.5, init_scale=1.0)
-st.fit(bimodal, q_forward, st.objectives.ForwardKL(num_samples=256), steps=600, lr=0.05, seed=0)
+st.fit(
+    bimodal,
+    q_forward,
+    st.objectives.ForwardKL(num_samples=256),
+    steps=600,
+    method=st.methods.SGD(lr=0.05),
+    seed=0,
+)
 
 for name, fam in [("reverse KL (ELBO)", q_reverse), ("forward KL", q_forward)]:
     mean, var = fam.loc.item(), fam.variance().item()
@@ -142,7 +156,14 @@ rows = []
 for rho in [0.0, 0.5, 0.9, 0.99]:
     target = CorrelatedGaussianTarget(rho=rho, sigma=sigma)
     q = st.families.MeanFieldGaussian(2, init_scale=0.5)
-    st.fit(target, q, st.objectives.ELBO(num_particles=32), steps=600, lr=0.05, seed=0)
+    st.fit(
+        target,
+        q,
+        st.objectives.ELBO(num_particles=32),
+        steps=600,
+        method=st.methods.SGD(lr=0.05),
+        seed=0,
+    )
     rows.append((rho, q.variance().detach(), (1 - rho**2) * sigma**2))
     print(
         f"rho = {rho:4.2f}: fitted variances {q.variance().detach().numpy().round(4)}, "
@@ -158,7 +179,14 @@ for rho, fitted, predicted in rows:
 
 full = st.families.FullRankGaussian(2, init_scale=0.5)
 target = CorrelatedGaussianTarget(rho=0.9, sigma=sigma)
-st.fit(target, full, st.objectives.ELBO(num_particles=8), steps=600, lr=0.05, seed=0)
+st.fit(
+    target,
+    full,
+    st.objectives.ELBO(num_particles=8),
+    steps=600,
+    method=st.methods.SGD(lr=0.05),
+    seed=0,
+)
 print("full-rank, rho = 0.9: covariance\n", full.covariance().detach().numpy().round(3))
 assert torch.allclose(full.covariance().detach(), target.covariance, rtol=0.1, atol=0.05)
 
@@ -185,7 +213,12 @@ plt.show()
 # %%
 mixture = st.families.GaussianMixture(1, components=2, init_scale=1.0, init_spread=1.0)
 mix_result = st.fit(
-    bimodal, mixture, st.objectives.ELBO(num_particles=8), steps=800, lr=0.05, seed=0
+    bimodal,
+    mixture,
+    st.objectives.ELBO(num_particles=8),
+    steps=800,
+    method=st.methods.SGD(lr=0.05),
+    seed=0,
 )
 single_elbo, single_se = st.training.estimate_elbo(bimodal, q_reverse, num_samples=4000)
 mix_elbo, mix_se = mix_result.elbo(num_samples=4000)

@@ -147,7 +147,14 @@ plt.show()
 
 # %%
 family = st.families.MeanFieldGaussian(model.dim)
-result = st.fit(model, family, st.objectives.ELBO(num_particles=4), steps=1000, lr=0.05, seed=0)
+result = st.fit(
+    model,
+    family,
+    st.objectives.ELBO(num_particles=4),
+    steps=1000,
+    method=st.methods.SGD(lr=0.05),
+    seed=0,
+)
 vi_mean, vi_sd = family.loc.item(), family.scale.item()
 print(f"{'':10s} {'mean':>14s} {'sd':>14s}")
 print(f"{'exact':10s} {mu_n:14.8f} {math.sqrt(var_n):14.8f}")
@@ -187,7 +194,7 @@ st.fit(
     family_stl,
     st.objectives.ELBO(num_particles=4, gradient="stl"),
     steps=1000,
-    lr=0.05,
+    method=st.methods.SGD(lr=0.05),
     seed=0,
 )
 stl_mean, stl_sd = family_stl.loc.item(), family_stl.scale.item()

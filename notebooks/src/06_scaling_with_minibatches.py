@@ -110,7 +110,7 @@ for n in sizes:
         st.families.MeanFieldGaussian(5),
         batch_size=100,
         steps=200,
-        optimizer="adam",
+        method=st.methods.SGD(),
         seed=0,
     )
     minibatch_ms.append(1e3 * result.wall_time / result.steps)
@@ -121,7 +121,7 @@ for n in sizes:
             st.families.MeanFieldGaussian(5),
             batch_size=n,
             steps=50,
-            optimizer="adam",
+            method=st.methods.SGD(),
             seed=0,
         )
         fullbatch_ms.append(1e3 * full_result.wall_time / full_result.steps)
@@ -169,7 +169,7 @@ for n in [100, 1_000, 10_000]:
         st.objectives.ELBO(num_particles=4),
         batch_size=min(n, 1000),
         steps=1000,
-        lr=0.01,
+        method=st.methods.SGD(lr=0.01),
         seed=0,
         log_every=50,
         loggers=[logger],
@@ -292,7 +292,13 @@ exact = small.exact_posterior()
 exact_mean, exact_sd = exact.mean, exact.covariance_matrix.diagonal().sqrt()
 
 start = time.perf_counter()
-vi = st.fit(small, st.families.FullRankGaussian(small.dim), steps=1000, lr=0.02, seed=0)
+vi = st.fit(
+    small,
+    st.families.FullRankGaussian(small.dim),
+    steps=1000,
+    method=st.methods.SGD(lr=0.02),
+    seed=0,
+)
 vi_seconds = time.perf_counter() - start
 vi_draws = vi.sample(4000)["beta"]
 

@@ -41,7 +41,7 @@ for n in [1_000, 1_000_000]:
         st.families.MeanFieldGaussian(5),
         batch_size=100,
         steps=200,
-        optimizer="adam",  # plain minibatch steps, no full-data Laplace start
+        method=st.methods.SGD(),  # plain minibatch steps, no full-data Laplace start
         seed=0,
     )
     step_ms[n] = 1e3 * result.wall_time / result.steps
@@ -59,10 +59,11 @@ X, y, _ = st.models.regression_data(num_data=200, dim=3, correlation=0.9, seed=0
 reg = st.models.BayesianLinearRegression(X, y)
 
 
-def fit_regression(seed, family=None, **settings):
+def fit_regression(seed, family=None, lr=0.05, **settings):
     family = family or st.families.FullRankGaussian(reg.dim)
-    settings = {"steps": 600, "lr": 0.05} | settings
-    return st.fit(reg, family, ELBO(num_particles=4), seed=seed, **settings)
+    settings = {"steps": 600} | settings
+    method = st.methods.SGD(lr=lr)  # stochastic gradients: the step size is the point here
+    return st.fit(reg, family, ELBO(num_particles=4), method=method, seed=seed, **settings)
 
 
 run_a, run_b, run_c = fit_regression(seed=1), fit_regression(seed=1), fit_regression(seed=2)
@@ -116,7 +117,12 @@ Xl, yl, _ = st.models.logistic_data(num_data=500, dim=3, seed=4)
 logistic = st.models.BayesianLogisticRegression(Xl, yl)
 start = time.perf_counter()
 vi = st.fit(
-    logistic, st.families.FullRankGaussian(3), ELBO(num_particles=4), steps=400, lr=0.05, seed=0
+    logistic,
+    st.families.FullRankGaussian(3),
+    ELBO(num_particles=4),
+    steps=400,
+    method=st.methods.SGD(lr=0.05),
+    seed=0,
 )
 vi_seconds = time.perf_counter() - start
 
@@ -190,7 +196,7 @@ for steps in [500, 2000]:
         st.families.MeanFieldGaussian(1),
         ELBO(num_particles=16),
         steps=steps,
-        lr=0.05,
+        method=st.methods.SGD(lr=0.05),
         seed=0,
     )
     draws = run.sample(200_000)["rate"]
@@ -226,7 +232,7 @@ one_mode = st.fit(
     st.families.MeanFieldGaussian(1, init_loc=2.0, init_scale=1.0),
     ELBO(num_particles=8),
     steps=600,
-    lr=0.05,
+    method=st.methods.SGD(lr=0.05),
     seed=0,
 )
 elbo_one, se_one = one_mode.elbo(num_samples=4000)
@@ -253,7 +259,7 @@ mf_corr = st.fit(
     st.families.MeanFieldGaussian(2, init_scale=0.5),
     ELBO(num_particles=32),
     steps=600,
-    lr=0.05,
+    method=st.methods.SGD(lr=0.05),
     seed=0,
 )
 sd_q = mf_corr.family.variance().detach().sqrt()
@@ -284,7 +290,7 @@ for init in [-2.0, -0.5, 2.0]:
         st.families.MeanFieldGaussian(1, init_loc=init, init_scale=1.0),
         ELBO(num_particles=8),
         steps=600,
-        lr=0.05,
+        method=st.methods.SGD(lr=0.05),
         seed=0,
     )
     ends[init] = (run.family.loc.item(), run.family.variance().item(), run.elbo(2000)[0])
@@ -331,7 +337,12 @@ cases = {
     "Gaussian on one mode of two": (bimodal, one_mode.family),
 }
 poisson_run = st.fit(
-    poisson, st.families.MeanFieldGaussian(1), ELBO(num_particles=16), steps=500, lr=0.05, seed=0
+    poisson,
+    st.families.MeanFieldGaussian(1),
+    ELBO(num_particles=16),
+    steps=500,
+    method=st.methods.SGD(lr=0.05),
+    seed=0,
 )
 cases["log-normal for a Gamma posterior"] = (poisson, poisson_run.family)
 khats = {}

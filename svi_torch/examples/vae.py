@@ -91,7 +91,7 @@ def run(
         st.objectives.ELBO(num_particles=1),
         steps=steps,
         batch_size=batch_size,
-        lr=lr,
+        method=st.methods.SGD(lr=lr),
         seed=seed,
     )
     elbo, se = estimate_local_elbo(model, family, num_particles=50)

@@ -101,6 +101,17 @@ def _overridden(family: nn.Module, base: type, *names: str) -> bool:
     return cls is not base and any(getattr(cls, n) is not getattr(base, n) for n in names)
 
 
+def _cholesky64(covariance: Tensor) -> Tensor:
+    """Lower Cholesky factor of ``covariance`` computed in float64 (one-line error if not PD)."""
+    chol, info = torch.linalg.cholesky_ex(covariance.double())
+    if info.item() != 0:
+        raise ValueError(
+            "set_moments needs a symmetric positive-definite covariance; this one is not "
+            "(its Cholesky factorisation fails even in float64)"
+        )
+    return chol
+
+
 def _initial_loc(dim: int, init_loc: Tensor | float) -> Tensor:
     loc = torch.as_tensor(init_loc, dtype=torch.get_default_dtype())
     if loc.dim() == 0:
@@ -207,9 +218,10 @@ class MeanFieldGaussian(GaussianFamily):
         marginal variance :math:`\\Sigma_{dd}`.
         """
         with torch.no_grad():
-            precision = torch.linalg.inv(covariance.to(self.loc))
+            # In float64: an ill-conditioned float32 covariance can lose its definiteness.
+            precision = torch.cholesky_inverse(_cholesky64(covariance))
             self.loc.copy_(loc)
-            self.raw_scale.copy_(inverse_softplus(torch.diagonal(precision).rsqrt()))
+            self.raw_scale.copy_(inverse_softplus(torch.diagonal(precision).rsqrt().to(self.loc)))
 
 
 class FullRankGaussian(GaussianFamily):
@@ -296,7 +308,9 @@ class FullRankGaussian(GaussianFamily):
 
     def set_moments(self, loc: Tensor, covariance: Tensor) -> None:
         with torch.no_grad():
-            L = torch.linalg.cholesky(covariance.to(self.loc))
+            # Factorised in float64, then rounded: an ill-conditioned covariance that is
+            # positive definite can fail a float32 Cholesky.
+            L = _cholesky64(covariance).to(self.loc)
             self.loc.copy_(loc)
             self.raw_diag.copy_(inverse_softplus(torch.diagonal(L)))
             self.tril.copy_(L.tril(-1))

@@ -34,9 +34,10 @@ import torch
 from ..diagnostics import gradient_variance
 from ..divergences import kl_mvn
 from ..families import FullRankGaussian
+from ..fitting import fit
+from ..methods import SGD
 from ..models import BayesianLinearRegression, regression_data
 from ..objectives import ELBO, IWAE, Objective
-from ..training import fit
 from ._common import new_figure, save_figure, settings, tensorboard, write_csv
 
 __all__ = ["run", "DEFAULTS", "make_objective"]
@@ -116,7 +117,7 @@ def run(outdir: Path, quick: bool = False, overrides: dict | None = None) -> Pat
                 family,
                 objective,
                 steps=steps,
-                lr=cfg["lr"],
+                method=SGD(lr=cfg["lr"]),
                 seed=cfg["seed"],
                 loggers=loggers,
                 log_every=max(1, steps // 50),

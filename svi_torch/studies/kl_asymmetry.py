@@ -32,9 +32,10 @@ from torch.distributions import Normal
 from ..diagnostics import diagnose
 from ..divergences import forward_kl, reverse_kl
 from ..families import FullRankGaussian
+from ..fitting import fit
+from ..methods import SGD
 from ..models.targets import GaussianMixtureTarget
 from ..objectives import ELBO, ForwardKL
-from ..training import fit
 from ._common import new_figure, save_figure, settings, tensorboard, write_csv
 
 __all__ = ["run", "DEFAULTS"]
@@ -80,7 +81,7 @@ def run(outdir: Path, quick: bool = False, overrides: dict | None = None) -> Pat
             family,
             objective,
             steps=cfg["steps"],
-            lr=cfg["lr"],
+            method=SGD(lr=cfg["lr"]),
             seed=cfg["seed"],
             loggers=loggers,
             log_every=max(1, cfg["steps"] // 50),

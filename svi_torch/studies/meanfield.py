@@ -26,9 +26,10 @@ import torch
 
 from ..divergences import kl_mvn
 from ..families import FullRankGaussian, MeanFieldGaussian
+from ..fitting import fit
+from ..methods import SGD
 from ..models.targets import CorrelatedGaussianTarget
 from ..objectives import ELBO, ForwardKL
-from ..training import fit
 from ._common import new_figure, save_figure, settings, tensorboard, write_csv
 
 __all__ = ["run", "DEFAULTS"]
@@ -73,7 +74,7 @@ def run(outdir: Path, quick: bool = False, overrides: dict | None = None) -> Pat
                 family,
                 objective,
                 steps=cfg["steps"],
-                lr=cfg["lr"],
+                method=SGD(lr=cfg["lr"]),
                 seed=cfg["seed"],
                 loggers=loggers,
                 log_every=max(1, cfg["steps"] // 50),

@@ -110,7 +110,7 @@ def _config(
             },
             "family": {"name": family, "options": family_options},
             "objective": {"name": "elbo", "options": {"num_particles": num_particles}},
-            "optimizer": {"name": "adam", "lr": s.lr},
+            "method": {"name": "sgd", "options": {"lr": s.lr}},
             "train": {
                 "steps": steps,
                 "batch_size": min(batch_size, num_data),

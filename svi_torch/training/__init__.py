@@ -1,24 +1,29 @@
-"""Training: the loop, checkpoints, stop rule, schedules and loggers."""
+"""Training: the loop over a training state, checkpoints, stop rule, schedules and loggers."""
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .convergence import ConvergenceMonitor
-from .health import HealthGuard
+from .divergence import DivergenceCheck
+from .health import HealthGuard, NonFiniteLossError
 from .logging import Logger, MemoryLogger, TensorBoardLogger
-from .result import FitResult, estimate_elbo
+from .loop import Callback, TrainingLoop, prepare_state
+from .result import Decision, FitResult, estimate_elbo
 from .schedule import IterateAverage, LRSchedule
-from .trainer import Callback, NonFiniteLossError, TrainConfig, Trainer, fit, make_trainer
+from .state import TrainConfig, TrainState, UpdateRule
 
 __all__ = [
-    "fit",
-    "make_trainer",
-    "Trainer",
+    "TrainingLoop",
+    "prepare_state",
     "TrainConfig",
+    "TrainState",
+    "UpdateRule",
     "Callback",
     "FitResult",
+    "Decision",
     "estimate_elbo",
     "NonFiniteLossError",
     "HealthGuard",
     "ConvergenceMonitor",
+    "DivergenceCheck",
     "LRSchedule",
     "IterateAverage",
     "Logger",

@@ -163,27 +163,29 @@ class HealthGuard:
         self._pending: dict[str, Any] | None = None
         self._snapshot_step: int | None = None
 
-    # -- called by the trainer -----------------------------------------------------------
-    def start(self, trainer: Any) -> None:
+    # -- called by the loop ------------------------------------------------------------------
+    def start(self, loop: Any) -> None:
         """At step 0: the initial state is the first candidate for a good state."""
         if self._good is None and self._pending is None:
-            self._pending = _snapshot(trainer)
-            self._snapshot_step = trainer.step
+            self._pending = _snapshot(loop)
+            self._snapshot_step = loop.state.step
 
-    def record_good(self, trainer: Any) -> None:
-        """After a finite step (``trainer.step`` already counts it)."""
+    def record_good(self, loop: Any) -> None:
+        """After a finite step (``loop.state.step`` already counts it)."""
         self.bad_in_a_row = 0
         self.streak_start = None
         if self._pending is not None:
             # The objective was finite at the pending state: it is now known to be good.
             self._good, self._pending = self._pending, None
-        if self._snapshot_step is None or trainer.step - self._snapshot_step >= self.snapshot_every:
-            self._pending = _snapshot(trainer)
-            self._snapshot_step = trainer.step
+        step = loop.state.step
+        if self._snapshot_step is None or step - self._snapshot_step >= self.snapshot_every:
+            self._pending = _snapshot(loop)
+            self._snapshot_step = step
 
-    def record_bad(self, trainer: Any, output: ObjectiveOutput) -> None:
-        """After a skipped step (``trainer.step`` does not count it yet); may raise."""
-        step = trainer.step + 1
+    def record_bad(self, loop: Any, output: ObjectiveOutput) -> None:
+        """After a skipped step (``loop.state.step`` does not count it yet); may raise."""
+        state = loop.state
+        step = state.step + 1
         self.bad_in_a_row += 1
         self._pending = None  # never validated: the objective was not finite there
         if self.streak_start is None:
@@ -193,31 +195,31 @@ class HealthGuard:
             return
         terms = non_finite_terms(output.metrics)
         if self._good is not None and self.recoveries < self.max_recoveries:
-            _restore(trainer, self._good)
+            _restore(loop, self._good)
             self.recoveries += 1
-            trainer.base_lr *= self.lr_factor
+            state.step_size_factor *= self.lr_factor
             warnings.warn(
                 f"step {step}: {self.bad_in_a_row} non-finite steps in a row "
                 f"({_describe(terms)}); restored the state of step {self._good['step']} and "
-                f"set lr to {trainer.base_lr:.3g} (recovery {self.recoveries} of "
-                f"{self.max_recoveries})",
+                f"set lr to {state.step_size_factor:.3g} times its scheduled value (recovery "
+                f"{self.recoveries} of {self.max_recoveries})",
                 RuntimeWarning,
                 stacklevel=2,
             )
             self.bad_in_a_row = 0
             self.streak_start = None
             return
-        self._give_up(trainer, step, terms)
+        self._give_up(loop, step, terms)
 
-    def _give_up(self, trainer: Any, step: int, terms: list[str]) -> None:
+    def _give_up(self, loop: Any, step: int, terms: list[str]) -> None:
         checkpoint = None
         if self._good is not None:
-            _restore(trainer, self._good)
+            _restore(loop, self._good)
             where = f"restored the last good state (step {self._good['step']})"
         else:
             where = "no finite step was ever taken, so the parameters are the initial ones"
-        if trainer.config.checkpoint_path:
-            checkpoint = str(trainer.save_checkpoint())
+        if loop.state.settings.checkpoint_path:
+            checkpoint = str(loop.save_checkpoint())
             where += f" and wrote it to {checkpoint}"
         first = self.streak_start if self.streak_start is not None else step
         raise NonFiniteLossError(
@@ -254,28 +256,23 @@ class HealthGuard:
         self._snapshot_step = state["snapshot_step"]
 
 
-def _snapshot(trainer: Any) -> dict[str, Any]:
+def _snapshot(loop: Any) -> dict[str, Any]:
+    state = loop.state
     return {
-        "step": trainer.step,
-        "family": _clone(trainer.family.state_dict()),
-        "model_params": {k: _clone(v) for k, v in trainer.model.named_parameters()},
-        "optimizer": _clone(trainer.optimizer.state_dict()),
-        "average": _clone(trainer.average.state_dict()),
+        "step": state.step,
+        "family": _clone(state.family.state_dict()),
+        "model_params": {k: _clone(v) for k, v in state.model.named_parameters()},
+        "rule": _clone(loop.rule.state_dict()),
     }
 
 
-def _restore(trainer: Any, snapshot: Mapping[str, Any]) -> None:
-    trainer.family.load_state_dict(snapshot["family"])
+def _restore(loop: Any, snapshot: Mapping[str, Any]) -> None:
+    state = loop.state
+    state.family.load_state_dict(snapshot["family"])
     with torch.no_grad():
-        for name, p in trainer.model.named_parameters():
+        for name, p in state.model.named_parameters():
             p.copy_(snapshot["model_params"][name])
-    # load_state_dict copies the moments into the live optimizer; the snapshot stays intact.
-    trainer.optimizer.load_state_dict(_clone(snapshot["optimizer"]))
-    trainer.average.load_state_dict(snapshot["average"])
-    # Not every optimizer is a torch.optim.Optimizer (natural-gradient VI updates in place).
-    zero_grad = getattr(trainer.optimizer, "zero_grad", None)
-    if zero_grad is not None:
-        zero_grad(set_to_none=True)
-    else:
-        for p in trainer.params:
-            p.grad = None
+    # load_state_dict copies into the live rule; the snapshot stays intact.
+    loop.rule.load_state_dict(_clone(snapshot["rule"]))
+    for p in state.params:
+        p.grad = None

@@ -1,6 +1,6 @@
 """Monitoring callback: KL divergences, gradient-noise statistics, histograms, figures, hparams.
 
-:class:`TrainingMonitor` is a trainer callback. Each time the trainer logs (every
+:class:`TrainingMonitor` is a loop callback. Each time the loop logs (every
 ``log_every`` steps) it adds to the metrics
 
 * ``kl/prior``: :math:`\\mathrm{KL}(q\\|p_0) = \\mathbb{E}_q[\\log q(z) - \\log p_0(z)]`, the
@@ -168,20 +168,20 @@ def kl_to_posterior(
 
 
 # -- gradient noise --------------------------------------------------------------------
-def gradient_statistics(trainer: Any, draws: int = 16) -> tuple[float, float]:
+def gradient_statistics(state: Any, draws: int = 16) -> tuple[float, float]:
     """Total variance and SNR of the loss gradient over ``draws`` estimates on one batch.
 
     Returns ``(sum_j Var[g_j], ||mean g|| / sqrt(sum_j Var[g_j]))`` with the unbiased
     sample variance over the ``draws`` estimates. The batch is fixed, so the spread is
     the Monte Carlo noise of the objective's particles alone.
     """
-    model, family, objective = trainer.model, trainer.family, trainer.objective
-    params = [p for p in trainer.params if p.requires_grad]
-    stream = trainer.stream
+    model, family, objective = state.model, state.family, state.objective
+    params = [p for p in state.params if p.requires_grad]
+    stream = state.stream
     if stream is None:
         batch, scale = None, 1.0
     else:
-        g = torch.Generator().manual_seed(int(trainer.config.seed) * 7919 + int(trainer.step))
+        g = torch.Generator().manual_seed(int(state.settings.seed) * 7919 + int(state.step))
         indices = torch.randperm(model.num_data, generator=g)[: stream.batch_size]
         batch = model.index_data(indices.to(stream.device))
         scale = model.num_data / indices.shape[0]
@@ -209,7 +209,7 @@ class TrainingMonitor:
 
     Args:
         grad_stats_every: steps between gradient statistics (0: never); a multiple of the
-            trainer's ``log_every``.
+            loop's ``log_every``.
         grad_stats_draws: gradient estimates per statistic, ``R >= 2``.
         histogram_every: steps between histograms (0: never).
         kl_samples: draws for Monte Carlo KL estimates.
@@ -265,17 +265,17 @@ class TrainingMonitor:
                 out["kl/posterior"], _ = kl_to_posterior(family, self._posterior, self.kl_samples)
         return out
 
-    def on_log(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+    def on_log(self, state: Any, step: int, metrics: dict[str, float]) -> None:
         """Add the KL metrics (and, on their steps, gradient statistics and histograms)."""
-        family, model = trainer.family, trainer.model
+        family, model = state.family, state.model
         metrics.update(self.kl_metrics(model, family, step))
         if self.grad_stats_every and step % self.grad_stats_every == 0:
             with self._own_rng(family, step):
-                variance, snr = gradient_statistics(trainer, self.grad_stats_draws)
+                variance, snr = gradient_statistics(state, self.grad_stats_draws)
             metrics["grad/variance"] = variance
             metrics["grad/snr"] = snr
         if self.histogram_every and step % self.histogram_every == 0:
-            self.log_histograms(trainer.loggers, step, family)
+            self.log_histograms(state.loggers, step, family)
 
     @staticmethod
     def log_histograms(loggers: Sequence[Any], step: int, family: VariationalFamily) -> None:

@@ -8,7 +8,6 @@ check leaves no half-made directory behind.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -74,30 +73,22 @@ def check_writable_dir(
 def check_run_settings(config: Any) -> None:
     """Validate the settings of a ``TrainConfig`` that nothing else checks before training.
 
-    Covers types and ranges of the seed, clipping, logging, checkpoint and history
-    settings, and that the checkpoint directory is writable with free space. (Steps,
-    batch size, learning rate, optimizer and schedule are checked where they are used,
-    also before the first step.)
+    Covers types and ranges of the seed, logging, checkpoint and history settings, and
+    that the checkpoint directory is writable with free space. (Steps and batch size are
+    checked where they are used, also before the first step; a method checks its own
+    settings when it is built.)
     """
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {config.seed!r}")
-    clip = config.clip_grad_norm
-    if clip is not None and (
-        isinstance(clip, bool)
-        or not isinstance(clip, int | float)
-        or not (math.isfinite(clip) and clip > 0)
+    if config.convergence is not None and not isinstance(
+        config.convergence, bool | ConvergenceMonitor
     ):
-        raise ValueError(f"clip_grad_norm must be a positive number or None, got {clip!r}")
-    if not isinstance(config.convergence, bool | ConvergenceMonitor):
         raise TypeError(
-            f"convergence must be True, False or a ConvergenceMonitor, got {config.convergence!r}"
+            f"convergence must be True, False, None or a ConvergenceMonitor, got "
+            f"{config.convergence!r}"
         )
     if config.progress is not None and not isinstance(config.progress, bool):
         raise TypeError(f"progress must be True, False or None, got {config.progress!r}")
-    if not isinstance(config.optimizer_kwargs, dict):
-        raise TypeError(
-            f"optimizer_kwargs must be a dict, got {type(config.optimizer_kwargs).__name__}"
-        )
     if not isinstance(config.resume, bool):
         raise TypeError(f"resume must be True or False, got {config.resume!r}")
     _positive_int("log_every", config.log_every)

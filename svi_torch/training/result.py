@@ -15,7 +15,26 @@ from ..models.base import Model
 if TYPE_CHECKING:
     from ..diagnostics import Diagnostics
 
-__all__ = ["FitResult", "estimate_elbo"]
+__all__ = ["FitResult", "Decision", "estimate_elbo"]
+
+
+@dataclass
+class Decision:
+    """One decision of a method (the automatic method logs each stage it tried).
+
+    Attributes:
+        stage: what was tried (``"map"``, ``"ngvi from laplace"``, ``"k-hat"``, ...).
+        outcome: ``"ok"``, ``"completed"``, ``"failed"``, ``"repaired"``, a reading...
+        reason: one line: how it went, or why the method moved on.
+        grad_evals: gradient evaluations spent, in full-data units.
+        seconds: wall time spent.
+    """
+
+    stage: str
+    outcome: str
+    reason: str
+    grad_evals: float = 0.0
+    seconds: float = 0.0
 
 
 @dataclass
@@ -30,6 +49,15 @@ class FitResult:
         stop_reason: why the run stopped (``"max_steps"`` or the convergence message).
         wall_time: seconds spent in the training loop.
         skipped_steps: steps skipped because the loss or gradient was not finite.
+        method: the method that produced the family (``"sgd"``, ``"ngvi"``, for the
+            automatic method ``"auto -> <stage>"``).
+        grad_evals: gradient evaluations of the log joint in full-data units (a minibatch
+            gradient at one point counts :math:`B/N`, a Hessian :math:`D`), the start's
+            MAP search included.
+        interrupted_by: the signal that paused the run, or None.
+        decisions: what the method tried, in order (see :class:`Decision`).
+        diagnostics: the final PSIS k-hat, importance-weighted evidence and ELBO, where the
+            method computed them (the automatic method does).
     """
 
     family: VariationalFamily
@@ -39,6 +67,21 @@ class FitResult:
     stop_reason: str = "max_steps"
     wall_time: float = 0.0
     skipped_steps: int = 0
+    method: str = ""
+    grad_evals: float = 0.0
+    interrupted_by: int | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    diagnostics: Diagnostics | None = None
+
+    @property
+    def decision_summary(self) -> str:
+        """The decisions in one line, e.g. ``map: ok -> ngvi from laplace: completed -> ...``."""
+        if not self.decisions:
+            return f"{self.method or 'fit'}: {self.steps} steps; {self.stop_reason}"
+        parts = [f"{d.stage}: {d.outcome}" for d in self.decisions]
+        evals = sum(d.grad_evals for d in self.decisions)
+        seconds = sum(d.seconds for d in self.decisions)
+        return f"{' -> '.join(parts)} ({evals:.4g} gradient evaluations, {seconds:.3g} s)"
 
     @property
     def steps_per_second(self) -> float:
@@ -95,6 +138,6 @@ def estimate_elbo(
         for start in range(0, num_samples, chunk):
             n = min(chunk, num_samples - start)
             z, log_q = family.rsample_and_log_prob((n,))
-            values.append(model.log_joint(z).total - log_q)
+            values.append(model.full_log_joint(z) - log_q)
     terms = torch.cat(values).double()
     return terms.mean().item(), (terms.std() / math.sqrt(terms.numel())).item()

@@ -19,7 +19,7 @@ import svi_torch as st
 
 
 class PrintStep:
-    def on_log(self, trainer: st.training.Trainer, step: int, metrics: dict[str, float]) -> None:
+    def on_log(self, state: st.training.TrainState, step: int, metrics: dict[str, float]) -> None:
         print(f"step {step}", flush=True)
 
 
@@ -35,7 +35,7 @@ def main() -> None:
         st.objectives.ELBO(num_particles=2),
         batch_size=32,
         steps=steps,
-        lr=2e-2,
+        method=st.methods.SGD(lr=2e-2),
         seed=seed,
         log_every=10,
         convergence=st.training.ConvergenceMonitor(window=50, patience=10**9),

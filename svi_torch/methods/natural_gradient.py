@@ -61,12 +61,29 @@ __all__ = ["NaturalGradientVI", "default_step_size", "CURVATURES"]
 CURVATURES = ("auto", "hessian", "stein")
 #: Above this dimension ``curvature="auto"`` uses the gradient-only Stein estimator.
 HESSIAN_MAX_DIM = 200
+#: Default step size with full batches (see :func:`default_step_size`).
+FULL_BATCH_STEP = 0.25
+#: Default particles with full batches (one step is cheap there; see :class:`NaturalGradientVI`).
+FULL_BATCH_PARTICLES = 8
+#: Relative spread of the particles' Hessians below which the log joint counts as quadratic.
+QUADRATIC_SPREAD = 1e-4
+#: A step changes the precision by at most this factor in any direction (the trust region).
+MAX_PRECISION_RATIO = 10.0
 
 
 def default_step_size(
     num_data: int, batch_size: int | None, near: bool = True, dim: int = 1
 ) -> float:
-    """Default :math:`\\rho_0`: 1 for full batches and density targets, else by the start.
+    """Default :math:`\\rho_0`: :data:`FULL_BATCH_STEP` for full batches and density targets,
+    else by the start.
+
+    Full batches: a step of 1 replaces :math:`\\Lambda` by one particle estimate of
+    :math:`\\mathbb{E}_q[-\\nabla^2 \\log p]`, exact on a Gaussian posterior (one step lands on
+    it) but as noisy as that estimate elsewhere. On eight schools (2000 steps, full batch,
+    ELBO to the best Gaussian found by Adam with 64 particles, 20000 draws) a step of 1 is
+    12 nats short with 2 particles and 4 with 8; 0.5 is 0.02 / 0.005 short; 0.25 is 0.009 /
+    0.002, within the estimates' noise. A conjugate posterior is then reached in about 50
+    steps (the error shrinks by :math:`1 - \\rho` a step) instead of one.
 
     ``near`` (a Laplace start, or a resumed run): :math:`\\rho_0 = B / (N \\max(16, 4\\sqrt D))`.
     Why: with a small constant :math:`\\rho` the mean's minibatch noise adds up along an
@@ -89,7 +106,7 @@ def default_step_size(
     the larger noise; on large data sets prefer the Laplace start.
     """
     if num_data == 0 or batch_size is None or batch_size >= num_data:
-        return 1.0
+        return FULL_BATCH_STEP
     if near:
         return batch_size / (num_data * max(16.0, 4.0 * math.sqrt(dim)))
     return min(1.0, max(0.05, 4.0 * batch_size / num_data))
@@ -119,15 +136,15 @@ class NaturalGradientVI:
     ) -> None:
         if not isinstance(family, GaussianFamily):
             raise TypeError(
-                f"optimizer='ngvi' needs a Gaussian family (MeanFieldGaussian, "
+                f"method='ngvi' needs a Gaussian family (MeanFieldGaussian, "
                 f"FullRankGaussian, LowRankGaussian), whose curvature it updates; got "
-                f"{type(family).__name__}. Use optimizer='adam' for other families"
+                f"{type(family).__name__}. Use method='sgd' for other families"
             )
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         if trainable:
             raise ValueError(
-                f"optimizer='ngvi' updates only the variational Gaussian, but the model has "
-                f"trainable parameters {trainable}; use optimizer='adam' to fit them jointly"
+                f"method='ngvi' updates only the variational Gaussian, but the model has "
+                f"trainable parameters {trainable}; use method='sgd' to fit them jointly"
             )
         if isinstance(num_particles, bool) or not isinstance(num_particles, int):
             raise TypeError(f"num_particles must be an int, got {num_particles!r}")
@@ -163,6 +180,8 @@ class NaturalGradientVI:
         self.precision_sum = torch.zeros_like(self.precision, dtype=torch.float64)
         self.shift_sum = torch.zeros_like(self.loc, dtype=torch.float64)  # sum of Lambda m
         self.fallbacks = 0
+        self.damped_steps = 0
+        self.clipped_steps = 0
         self.last_terms: dict[str, Tensor] = {}
 
     # -- one step ----------------------------------------------------------------------
@@ -192,22 +211,24 @@ class NaturalGradientVI:
         if self.curvature == "hessian":
             values, grads, hessians = gradient_and_hessian(log_density, z)
             neg_hess = -hessians.mean(0)
+            # The particles' Hessians agree where the log joint is quadratic over q: the
+            # Newton step is then exact and needs no trust region.
+            spread = (hessians + neg_hess).abs().amax() / neg_hess.abs().amax().clamp_min(1e-300)
+            quadratic = bool(spread <= QUADRATIC_SPREAD)
         else:
             values, grads = gradient(log_density, z)
             neg_hess = -stein_hessian(z, grads, loc, precision)
+            quadratic = False
         grad = grads.mean(0)
         self.last_terms = terms
         finite = torch.isfinite(values).all() & torch.isfinite(grad).all()
         if not bool(finite & torch.isfinite(neg_hess).all()):
             return None
         elbo = values.mean() + self.entropy()
-        new_precision = self._update_precision(precision, neg_hess, rho)
-        if self.diagonal:
-            new_loc = loc + rho * grad / new_precision
-        else:
-            chol = torch.linalg.cholesky(new_precision)
-            new_loc = loc + rho * torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
-        self.loc, self.precision = new_loc, new_precision
+        update = self._damped_update(loc, precision, grad, neg_hess, rho, trusted=quadratic)
+        if update is None:
+            return None
+        self.loc, self.precision = update
         self.write_family()
         metrics = {
             "elbo": elbo.detach(),
@@ -216,6 +237,69 @@ class NaturalGradientVI:
             "grad_norm": grad.norm().detach(),
         }
         return ObjectiveOutput(loss=-elbo.detach(), metrics=metrics)
+
+    def _damped_update(
+        self,
+        loc: Tensor,
+        precision: Tensor,
+        grad: Tensor,
+        neg_hess: Tensor,
+        rho: float,
+        trusted: bool = False,
+    ) -> tuple[Tensor, Tensor] | None:
+        """The step of size ``rho``, damped so that it stays inside a trust region.
+
+        Two guards, because a two-particle estimate of :math:`\\mathbb{E}_q[\\nabla^2 \\log p]`
+        can be wild where the posterior is not Gaussian (a hierarchical scale: one draw in
+        the tail gives a Hessian :math:`10^{20}` times the typical one):
+
+        * the precision: the step is halved (up to four times) until the new
+          :math:`\\Lambda'` is positive definite and within a factor
+          :data:`MAX_PRECISION_RATIO` of :math:`\\Lambda` in every direction,
+          :math:`\\Lambda / c \\preceq \\Lambda' \\preceq c\\Lambda` (checked by two Cholesky
+          factorisations); the improved Bayesian learning rule keeps :math:`\\Lambda'`
+          positive definite in exact arithmetic, this keeps it so in floating point and
+          keeps one bad draw from collapsing or exploding :math:`q`;
+        * the mean: the move :math:`\\delta = \\rho\\Lambda'^{-1}\\hat g` is shortened to at
+          most :math:`r = \\max(5, 2\\sqrt D)` standard deviations of :math:`q'`,
+          :math:`\\delta^\\top\\Lambda'\\delta \\le r^2`, the region where the particles
+          informed :math:`\\hat g`.
+
+        ``trusted`` (the particles' exact Hessians agree to :data:`QUADRATIC_SPREAD`: the log
+        joint is quadratic where :math:`q` puts its mass) skips both bounds: the step is
+        then Newton's on a quadratic, exact at any size, so that one full-batch step of
+        size 1 still lands on a conjugate Gaussian posterior from any start. ``None`` when
+        no damped precision was positive definite (the loop counts a non-finite step).
+        """
+        fallback = None
+        for _ in range(5):
+            new_precision = self._update_precision(precision, neg_hess, rho)
+            if bool(torch.isfinite(new_precision).all()) and _positive(new_precision):
+                if fallback is None:
+                    fallback = (new_precision, rho)
+                if trusted or _within_ratio(precision, new_precision, MAX_PRECISION_RATIO):
+                    break
+            rho *= 0.5
+            self.damped_steps += 1
+        else:
+            if fallback is None:
+                return None
+            new_precision, rho = fallback
+        if self.diagonal:
+            step = rho * grad / new_precision
+            length2 = (step * step * new_precision).sum()
+        else:
+            chol = torch.linalg.cholesky(new_precision)
+            step = rho * torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
+            length2 = step @ (new_precision @ step)
+        radius = max(5.0, 2.0 * math.sqrt(loc.shape[0]))
+        if not trusted and bool(length2 > radius**2):
+            step = step * (radius / length2.sqrt())
+            self.clipped_steps += 1
+        new_loc = loc + step
+        if not bool(torch.isfinite(new_loc).all()):
+            return None
+        return new_loc, new_precision
 
     def _draw_offsets(self) -> Tensor:
         eps = torch.randn(
@@ -241,7 +325,9 @@ class NaturalGradientVI:
             return plain
         self.fallbacks += 1
         gap = neg_hess - precision
-        chol = torch.linalg.cholesky(precision)
+        chol, info = torch.linalg.cholesky_ex(precision)
+        if info.item() != 0:
+            return plain  # not positive definite either way: the caller halves the step
         correction = gap @ torch.cholesky_solve(gap, chol)
         updated = precision + rho * gap + 0.5 * rho**2 * correction
         return 0.5 * (updated + updated.mT)
@@ -263,7 +349,9 @@ class NaturalGradientVI:
         """Covariance of :math:`q`: :math:`\\Lambda^{-1}`, or :math:`\\mathrm{diag}(1/\\Lambda_{dd})` for mean-field."""
         if self.diagonal_q:
             return torch.diag_embed(1.0 / self._q_precision_diagonal())
-        return _spd_inverse(self.precision)
+        # In float64: the inverse of an ill-conditioned float32 precision can lose its
+        # definiteness; set_moments factorises it in float64 too.
+        return _spd_inverse(self.precision.double())
 
     def write_family(self) -> None:
         """Place the family at :math:`\\mathcal{N}(m, \\Lambda^{-1})` (projected if needed)."""
@@ -295,6 +383,8 @@ class NaturalGradientVI:
             "precision_sum": self.precision_sum,
             "shift_sum": self.shift_sum,
             "fallbacks": self.fallbacks,
+            "damped_steps": self.damped_steps,
+            "clipped_steps": self.clipped_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -305,6 +395,22 @@ class NaturalGradientVI:
         self.precision_sum = state["precision_sum"].to(torch.float64, copy=True)
         self.shift_sum = state["shift_sum"].to(torch.float64, copy=True)
         self.fallbacks = int(state["fallbacks"])
+        self.damped_steps = int(state.get("damped_steps", 0))
+        self.clipped_steps = int(state.get("clipped_steps", 0))
+
+
+def _positive(precision: Tensor) -> bool:
+    """Positive definite (entrywise positive for a diagonal)."""
+    if precision.dim() == 1:
+        return bool((precision > 0).all())
+    return torch.linalg.cholesky_ex(precision).info.item() == 0
+
+
+def _within_ratio(old: Tensor, new: Tensor, ratio: float) -> bool:
+    """:math:`\\Lambda/c \\preceq \\Lambda' \\preceq c\\Lambda` (elementwise for diagonals)."""
+    if old.dim() == 1:
+        return bool(((new <= ratio * old) & (new >= old / ratio)).all())
+    return _positive(ratio * old - new) and _positive(new - old / ratio)
 
 
 def _spd_inverse(matrix: Tensor) -> Tensor:

@@ -1,0 +1,476 @@
+"""The automatic method: a documented decision procedure with fallbacks, the default of ``fit``.
+
+:class:`Auto` chooses and chains loop methods, and records every decision on the result
+(``result.decisions``, summarised in ``result.decision_summary``):
+
+1. **Which path.** Natural-gradient VI when it applies — a Gaussian family, a model with
+   no trainable parameters of its own, the ELBO as the objective (unset, or an
+   :class:`~svi_torch.objectives.ELBO`), one process. Otherwise stochastic gradients
+   (:class:`~svi_torch.methods.sgd.SGD`, Adam with the averaging schedule); a family that
+   is not Gaussian but can start from a Gaussian (``initialize_from_gaussian``) is placed
+   at the Laplace approximation first.
+2. **MAP** (:func:`~svi_torch.methods.starts.find_map`): L-BFGS on the full-data log joint
+   with a line search that backs off non-finite values, restarts from dispersed points,
+   Newton polishing, and checks that the point is a maximum. A model whose log density is
+   not finite anywhere tried is invalid: the one error this method raises for a model.
+3. **The chain**, each stage with divergence detection (the ELBO falling beyond its noise)
+   and the health guard (non-finite steps skipped, rolled back, and a stop after too many):
+
+   a. NGVI from the Laplace approximation (the Hessian at the MAP, repaired if it is not
+      positive definite), when a MAP was found and :math:`D \\le 500`;
+   b. NGVI from the best point with a quarter of the default step;
+   c. SGD (Adam, decaying step, iterate averaging) from the best point with the Laplace
+      scales where they exist, else from the family as built.
+
+   A stage fails — and the next one starts — when its steps stay non-finite beyond the
+   health guard's roll-backs, when it diverges, on a linear-algebra failure, or when it
+   completes with a final ELBO (full data, with its Monte Carlo error) more than three
+   standard errors below its start's. The first stage that completes without failing is
+   the result; if none does, the q with the highest ELBO seen (a stage's start or result)
+   is. Every failure is recorded with its reason.
+4. **After the fit**: the PSIS :math:`\\hat k` of the final :math:`q` with its plain
+   reading, and a ``RuntimeWarning`` when :math:`\\hat k > 0.7`.
+
+The stop rule (``convergence``) is on unless the caller set it. Gradient evaluations are
+counted in full-data units (a minibatch gradient at one point is :math:`B/N`, a Hessian
+:math:`D`).
+
+Example:
+    >>> result = st.fit(model, st.families.FullRankGaussian(model.dim))  # doctest: +SKIP
+    >>> print(result.decision_summary)  # doctest: +SKIP
+    auto: map ok (54 evals) -> ngvi from laplace: completed (2000 steps) ...; k-hat 0.12 (good)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..diagnostics import diagnose
+from ..families.base import VariationalFamily
+from ..families.gaussian import GaussianFamily
+from ..models.base import Model
+from ..objectives.base import Objective
+from ..objectives.elbo import ELBO
+from ..training.checkpoint import load_checkpoint
+from ..training.convergence import ConvergenceMonitor
+from ..training.divergence import DivergenceCheck
+from ..training.health import NonFiniteLossError
+from ..training.logging import Logger
+from ..training.result import Decision, FitResult
+from ..training.state import DEFAULT_STEPS, TrainConfig
+from .base import LoopMethod, Method, register_method
+from .ngvi import NGVI
+from .sgd import SGD
+from .starts import LAPLACE_MAX_DIM, Initialization, MapEstimate, find_map, laplace_precision
+
+__all__ = ["Auto"]
+
+#: Above this k-hat the fit is flagged (Yao et al. 2018).
+KHAT_WARN = 0.7
+#: Stop-rule window of the natural-gradient stages (steps).
+NGVI_WINDOW = 250
+
+
+@register_method
+@dataclass(frozen=True)
+class Auto(Method):
+    """The automatic method: MAP, Laplace, natural-gradient VI with fallbacks (module docstring).
+
+    Args:
+        diagnostic_draws: draws for the final PSIS k-hat and the ELBO comparisons
+            (default: 1000, fewer for large data, at least 200).
+        warn: warn when k-hat is above 0.7.
+    """
+
+    name: ClassVar[str] = "auto"
+    diagnostic_draws: int | None = None
+    warn: bool = True
+
+    def fit(
+        self,
+        model: Model,
+        family: VariationalFamily,
+        objective: Objective | None,
+        settings: TrainConfig,
+        loggers: Sequence[Logger] = (),
+        callbacks: Sequence[Any] = (),
+    ) -> FitResult:
+        began = time.perf_counter()
+        if settings.convergence is None:
+            settings = replace(settings, convergence=True)
+        run = _AutoRun(self, model, family, objective, settings, loggers, callbacks)
+        result = run.execute()
+        if result.interrupted_by is None:
+            run.diagnose(result)
+        result.decisions = run.decisions
+        result.method = f"auto -> {result.method}"
+        result.wall_time = time.perf_counter() - began
+        return result
+
+
+class _AutoRun:
+    """One execution of :class:`Auto` (the chain's state and its decision log)."""
+
+    def __init__(
+        self,
+        auto: Auto,
+        model: Model,
+        family: VariationalFamily,
+        objective: Objective | None,
+        settings: TrainConfig,
+        loggers: Sequence[Logger],
+        callbacks: Sequence[Any],
+    ) -> None:
+        self.auto, self.model, self.family, self.objective = auto, model, family, objective
+        self.settings, self.loggers, self.callbacks = settings, list(loggers), list(callbacks)
+        self.decisions: list[Decision] = []
+        self.map: MapEstimate | None = None
+        self.resumed: dict[str, Any] | None = None
+        self.candidates: list[_Candidate] = []
+        self._accepted = False
+
+    # -- the decision procedure ----------------------------------------------------------
+    def execute(self) -> FitResult:
+        self._read_checkpoint()
+        reason = _ngvi_unavailable(self.model, self.family, self.objective)
+        if reason is None:
+            return self._gaussian_chain()
+        self._record("path", "sgd", f"natural-gradient VI does not apply: {reason}")
+        return self._sgd_path()
+
+    def _gaussian_chain(self) -> FitResult:
+        if self.resumed is not None:
+            best, precision = self.resumed["best_point"], self.resumed.get("precision")
+            laplace_ok, first = bool(self.resumed["laplace_ok"]), int(self.resumed["stage"])
+            self.candidates = [_Candidate(**c) for c in self.resumed.get("candidates", [])]
+        else:
+            self.map = self._find_map()
+            best, precision, first = self.map.z, self.map.precision, 0
+            laplace_ok = self.map.converged and precision is not None
+        stages = self._stages(laplace_ok)
+        last: FitResult | None = None
+        for index in range(first, len(stages)):
+            label, make = stages[index]
+            result = self._run_stage(index, label, make(), best, precision, laplace_ok)
+            if result is not None and (result.interrupted_by is not None or self._accepted):
+                return result
+            last = result if result is not None else last
+        if self.candidates:
+            # No stage ended above its start: keep the best q seen (a start or a result).
+            chosen = max(self.candidates, key=lambda c: c.elbo)
+            self.family.load_state_dict(chosen.state)
+            self._record("choice", chosen.label, f"the highest ELBO seen, {chosen.elbo:.6g}")
+            if last is not None:
+                last.method = chosen.label
+                last.grad_evals = sum(d.grad_evals for d in self.decisions)
+                return last
+        raise RuntimeError(  # every stage failed: say what was tried
+            "the automatic method could not fit this model: "
+            + "; ".join(f"{d.stage}: {d.reason}" for d in self.decisions)
+        )
+
+    def _stages(self, laplace_ok: bool) -> list[tuple[str, Callable[[], LoopMethod]]]:
+        """The chain, as (label, method factory): a method is built only if it is reached."""
+        stages: list[tuple[str, Callable[[], LoopMethod]]] = []
+        if laplace_ok and self.family.dim <= LAPLACE_MAX_DIM:
+            stages.append(("ngvi from laplace", lambda: NGVI(init="laplace")))
+        stages.append(
+            ("ngvi from the best point, smaller step", lambda: NGVI(init="map", step_scale=0.25))
+        )
+        stages.append(("sgd from the best point", lambda: SGD(init="map")))
+        return stages
+
+    def _run_stage(
+        self,
+        index: int,
+        label: str,
+        method: LoopMethod,
+        best: torch.Tensor,
+        precision: torch.Tensor | None,
+        laplace_ok: bool,
+    ) -> FitResult | None:
+        began = time.perf_counter()
+        saved_family = {k: v.detach().clone() for k, v in self.family.state_dict().items()}
+        resuming = self.resumed is not None and self.resumed["stage"] == index
+        settings = self.settings if resuming else replace(self.settings, resume=False)
+        if isinstance(method, NGVI) and settings.convergence is True:
+            # Natural-gradient steps settle within a few hundred steps: a shorter stop-rule
+            # window than Adam's (whose default scales with the budget) ends the run sooner.
+            window = max(50, min(NGVI_WINDOW, (settings.steps or DEFAULT_STEPS) // 20))
+            settings = replace(settings, convergence=ConvergenceMonitor(window=window))
+        start_elbo, start_state = None, saved_family
+        self._accepted = False
+        try:
+            start = None
+            if not resuming:
+                start = self._place(method, best, precision, laplace_ok)
+                start_elbo = self._elbo()
+                start_state = {k: v.detach().clone() for k, v in self.family.state_dict().items()}
+            else:
+                assert self.resumed is not None
+                start_elbo = self.resumed.get("start_elbo")
+                start_state = self.resumed.get("start_family", saved_family)
+            loop = method.prepare(
+                self.model,
+                self.family,
+                self.objective,
+                settings,
+                self.loggers,
+                self.callbacks,
+                divergence=DivergenceCheck(),
+                start=start,
+                method={"name": "auto"},
+                extra_state={
+                    "stage": index,
+                    "best_point": best,
+                    "precision": precision,
+                    "laplace_ok": laplace_ok,
+                    "start_elbo": list(start_elbo) if start_elbo is not None else None,
+                    "start_family": start_state,
+                    "candidates": [dataclasses.asdict(c) for c in self.candidates],
+                    "decisions": [dataclasses.asdict(d) for d in self.decisions],
+                },
+            )
+            result = loop.run()
+        except (NonFiniteLossError, torch.linalg.LinAlgError, _StageFailure) as err:
+            self.family.load_state_dict(saved_family)
+            self._record(label, "failed", _one_line(err), 0.0, time.perf_counter() - began)
+            return None
+        evals = result.grad_evals
+        result.method = label
+        if result.interrupted_by is not None:
+            self._record(label, "interrupted", result.stop_reason, evals, result.wall_time)
+            return result
+        if result.stop_reason.startswith("diverged"):
+            self.family.load_state_dict(saved_family)
+            self._record(label, "failed", result.stop_reason, evals, result.wall_time)
+            if start_elbo is not None:
+                self.candidates.append(
+                    _Candidate(start_elbo[0], f"{label} (its start)", start_state)
+                )
+            return None
+        final = self._elbo()
+        result.grad_evals = sum(d.grad_evals for d in self.decisions) + evals
+        if final is None:
+            self.family.load_state_dict(saved_family)
+            self._record(
+                label, "failed", "the fitted q has no finite ELBO", evals, result.wall_time
+            )
+            return None
+        fell = start_elbo is not None and start_elbo[0] - final[0] > 3 * math.hypot(
+            start_elbo[1], final[1]
+        )
+        if fell:
+            # Completed, but the ELBO fell below its start's: not a fit to keep as it is.
+            assert start_elbo is not None
+            self._record(
+                label,
+                "failed",
+                f"{result.steps} steps, but the ELBO fell from its start's {start_elbo[0]:.6g} "
+                f"± {start_elbo[1]:.2g} to {final[0]:.6g} ± {final[1]:.2g}",
+                evals,
+                time.perf_counter() - began,
+            )
+            self.candidates.append(_Candidate(start_elbo[0], f"{label} (its start)", start_state))
+            state = {k: v.detach().clone() for k, v in self.family.state_dict().items()}
+            self.candidates.append(_Candidate(final[0], label, state))
+            self.family.load_state_dict(saved_family)
+            return result
+        outcome = f"{result.steps} steps; {result.stop_reason}"
+        self._record(label, "completed", outcome, evals, time.perf_counter() - began)
+        result.grad_evals = sum(d.grad_evals for d in self.decisions)
+        self._accepted = True
+        return result
+
+    def _place(
+        self,
+        method: LoopMethod,
+        best: torch.Tensor,
+        precision: torch.Tensor | None,
+        laplace_ok: bool,
+    ) -> Initialization:
+        """The stage's start from the shared MAP search (no second search).
+
+        NGVI from Laplace and SGD (when a MAP was found) start at the Laplace
+        approximation; the smaller-step NGVI at the best point with the family's scales;
+        SGD without a MAP from the family as built (the best point may have run off).
+        """
+        dtype = self.model.dtype
+        estimate = self.map if self.map is not None else MapEstimate(best, math.nan, laplace_ok, "")
+        z = estimate.z.to(dtype)
+        if method.init == "laplace" or (isinstance(method, SGD) and laplace_ok):
+            try:
+                matrix, repaired = laplace_precision(self.model, z, precision)
+            except ValueError as err:
+                raise _StageFailure(f"no Laplace approximation: {_one_line(err)}") from None
+            if repaired:
+                self._record("laplace", "repaired", repaired)
+            with torch.no_grad():
+                self.family.set_moments(z, _covariance(matrix))
+            return Initialization("laplace", estimate, matrix, repaired)
+        if isinstance(method, SGD):
+            return Initialization("prior")
+        with torch.no_grad():
+            self.family.loc.copy_(z.to(self.family.loc))  # type: ignore[union-attr]
+        return Initialization("map", estimate)
+
+    def _find_map(self) -> MapEstimate:
+        began = time.perf_counter()
+        self.family.to(dtype=self.model.dtype)
+        start = self.model.initial_point()
+        with torch.no_grad():
+            loc = self.family.loc.detach().clone()  # type: ignore[union-attr]
+        if start is None and bool(loc.abs().max() > 0):
+            start = loc
+        estimate = find_map(self.model, start, seed=self.settings.seed)
+        outcome = "ok" if estimate.converged else "not a MAP"
+        self._record(
+            "map", outcome, estimate.reason, estimate.evaluations, time.perf_counter() - began
+        )
+        return estimate
+
+    def _sgd_path(self) -> FitResult:
+        began = time.perf_counter()
+        method = SGD()
+        settings = (
+            self.settings if self.resumed is not None else replace(self.settings, resume=False)
+        )
+        start = Initialization("prior")
+        gaussian_start = getattr(self.family, "initialize_from_gaussian", None)
+        if self.resumed is None and callable(gaussian_start) and self._gaussian_capable():
+            try:
+                estimate = self._find_map()
+                if estimate.converged and estimate.precision is not None:
+                    matrix, _ = laplace_precision(self.model, estimate.z, estimate.precision)
+                    gaussian_start(estimate.z, _covariance(matrix).to(estimate.z))
+                    self._record("start", "laplace", "family placed at the Laplace approximation")
+            except (ValueError, _StageFailure) as err:
+                self._record("start", "as built", f"no Gaussian start: {_one_line(err)}")
+        loop = method.prepare(
+            self.model,
+            self.family,
+            self.objective,
+            settings,
+            self.loggers,
+            self.callbacks,
+            start=start,
+            method={"name": "auto"},
+            extra_state={"stage": "sgd", "decisions": []},
+        )
+        result = loop.run()
+        self._record(
+            "sgd",
+            "completed" if result.interrupted_by is None else "interrupted",
+            f"{result.steps} steps; {result.stop_reason}",
+            result.grad_evals,
+            time.perf_counter() - began,
+        )
+        result.method = "sgd"
+        result.grad_evals = sum(d.grad_evals for d in self.decisions)
+        return result
+
+    # -- comparisons, diagnostics, resume ------------------------------------------------------
+    def _draws(self) -> int:
+        if self.auto.diagnostic_draws is not None:
+            return self.auto.diagnostic_draws
+        cost = max(self.model.num_data, 1) * max(self.model.dim, 1)
+        return int(min(1000, max(200, 2e8 // cost)))
+
+    def _elbo(self) -> tuple[float, float] | None:
+        """Full-data ELBO of the family as it is, with its s.e. (None if not finite)."""
+        try:
+            diagnostics = diagnose(self.model, self.family, self._draws(), seed=self.settings.seed)
+        except ValueError:
+            return None
+        return diagnostics.elbo, diagnostics.elbo_se
+
+    def diagnose(self, result: FitResult) -> None:
+        """The final PSIS k-hat with its reading, a warning above 0.7."""
+        try:
+            diagnostics = diagnose(self.model, self.family, self._draws(), seed=self.settings.seed)
+        except (ValueError, TypeError, NotImplementedError) as err:
+            self._record("k-hat", "unavailable", _one_line(err))
+            return
+        result.diagnostics = diagnostics
+        self._record("k-hat", diagnostics.reading, f"PSIS k-hat {diagnostics.khat:.2f}")
+        if self.auto.warn and diagnostics.khat > KHAT_WARN:
+            warnings.warn(
+                f"PSIS k-hat of the fit is {diagnostics.khat:.2f} (> {KHAT_WARN}): q is not a "
+                "reliable approximation of this posterior (too light tails, or a shape a "
+                "Gaussian cannot hold); check expectations by importance sampling, try a "
+                "more expressive family (st.families.NormalizingFlow), or use MCMC",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+    def _read_checkpoint(self) -> None:
+        path = self.settings.checkpoint_path
+        if not (self.settings.resume and path and Path(path).exists()):
+            return
+        saved = load_checkpoint(path)
+        extra = saved.get("extra") or {}
+        self.resumed = extra
+        self.decisions = [Decision(**d) for d in extra.get("decisions", [])]
+
+    def _gaussian_capable(self) -> bool:
+        return not any(p.requires_grad for p in self.model.parameters()) and (
+            self.family.dim <= LAPLACE_MAX_DIM
+        )
+
+    def _record(
+        self, stage: str, outcome: str, reason: str, grad_evals: float = 0.0, seconds: float = 0.0
+    ) -> None:
+        self.decisions.append(Decision(stage, outcome, reason, float(grad_evals), float(seconds)))
+
+
+@dataclass
+class _Candidate:
+    """A q the chain may fall back on: a stage's start or result, with its ELBO."""
+
+    elbo: float
+    label: str
+    state: dict[str, Any]
+
+
+class _StageFailure(RuntimeError):
+    """A stage of the chain cannot start (e.g. no Laplace approximation at the point)."""
+
+
+def _ngvi_unavailable(
+    model: Model, family: VariationalFamily, objective: Objective | None
+) -> str | None:
+    """Why natural-gradient VI does not apply, or None when it does."""
+    from ..training.distributed import current_context
+
+    if not isinstance(family, GaussianFamily):
+        return f"the family {type(family).__name__} is not Gaussian"
+    if objective is not None and type(objective) is not ELBO:
+        return f"the objective is {type(objective).__name__}, not the ELBO"
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    if trainable:
+        return f"the model has trainable parameters {trainable[:3]}"
+    if current_context().active:
+        return "data-parallel (torchrun) training"
+    return None
+
+
+def _covariance(precision: torch.Tensor) -> torch.Tensor:
+    """:math:`\\Lambda^{-1}`, symmetric, through a float64 Cholesky factor (or a stage failure)."""
+    chol, info = torch.linalg.cholesky_ex(precision.double())
+    if info.item() != 0:
+        raise _StageFailure("the Laplace precision is not positive definite")
+    covariance = torch.cholesky_inverse(chol)
+    return 0.5 * (covariance + covariance.mT)
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"[:400]
