@@ -291,7 +291,10 @@ def test_resume_removes_temporaries_of_a_killed_write(tmp_path, model):
     st.fit(model, MeanFieldGaussian(model.dim), steps=10, checkpoint_path=path)
     stale = tmp_path / ".run.pt.abc123.tmp"
     stale.write_bytes(b"PK half")
+    # keep_checkpoints > 1 writes step-numbered copies through temporaries of their own.
+    numbered = tmp_path / ".run-step000000063.pt.peadkkw3.tmp"
+    numbered.write_bytes(b"PK half")
     other = tmp_path / ".other.pt.abc123.tmp"  # another checkpoint's: not ours to delete
     other.write_bytes(b"x")
     st.fit(model, MeanFieldGaussian(model.dim), steps=20, checkpoint_path=path, resume=True)
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and not numbered.exists() and other.exists()

@@ -91,11 +91,14 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     the same checkpoint at the same time would lose its temporary file.
     """
     path = Path(path)
+    # The checkpoint itself and its step-numbered copies (keep_checkpoints > 1) are written
+    # through temporaries named .<file>.<random>.tmp (and a .link for the re-pointing).
+    prefixes = (f".{path.name}.", f".{path.stem}-step")
     removed = []
     if path.parent.is_dir():
         for child in path.parent.iterdir():
             name = child.name
-            if name.startswith(f".{path.name}.") and name.endswith((".tmp", ".link")):
+            if name.startswith(prefixes) and name.endswith((".tmp", ".link")):
                 child.unlink(missing_ok=True)
                 removed.append(child)
     return removed
