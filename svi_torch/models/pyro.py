@@ -68,6 +68,7 @@ from .pyro_replay import (
     PATHS,
     ParticleRunner,
     Replay,
+    event_point_log_prob,
     per_particle_value,
     per_point,
     site_log_prob,
@@ -77,6 +78,7 @@ from .pyro_sites import (
     PARTICLE_PLATE,
     Message,
     ModelSites,
+    ObservedSite,
     PyroModelError,
     discover_sites,
     map_tensors,
@@ -682,8 +684,9 @@ class PyroModel(Model):
         nesting = self._sites.max_plate_nesting
         if self.data_plate is None:
             self._indices(batch)
-            (name,) = self._pointwise_sites()
-            dims = {name: -1}
+            site = self._pointwise_site()
+            dims = {site.name: -1}
+            by_event = site.points == "event"
             chunks: list[Tensor | None] = [None]
         else:
             dims = {
@@ -691,6 +694,7 @@ class PyroModel(Model):
                 for s in self._sites.observed
                 if self.data_plate in s.plates
             }
+            by_event = False
             if batch is None:
                 chunks = list(self._chunks(self.full_data_chunk_rows(values_num(values))))
             else:
@@ -702,7 +706,8 @@ class PyroModel(Model):
                 dim = dims.get(m["name"])
                 if dim is None:
                     continue
-                term = per_point(m["name"], site_log_prob(m), dim, particles, nesting)
+                log_p = event_point_log_prob(m) if by_event else site_log_prob(m)
+                term = per_point(m["name"], log_p, dim, particles, nesting)
                 total = term if total is None else total + term
             assert total is not None
             return {"pointwise": total}
@@ -715,17 +720,18 @@ class PyroModel(Model):
         out = torch.cat(pieces, -1)
         return out.reshape(sample_shape + (out.shape[-1],))
 
-    def _pointwise_sites(self) -> tuple[str]:
+    def _pointwise_site(self) -> ObservedSite:
         data = [s for s in self._sites.observed if not s.is_factor]
-        if len(data) != 1 or data[0].batch_ndim != 1:
+        if len(data) != 1 or data[0].points is None:
             found = {s.name: s.shape for s in data}
             raise PyroModelError(
                 f"the Pyro model {self.model_name!r} has no data_plate, so the bridge does not "
                 "know which entries are data points; without one it needs exactly one "
-                "observed site with one batch dimension, and the model has "
+                "observed site with one dimension of points (one batch dim, or a "
+                "Normal(...).to_event(1)-style site over one dim), and the model has "
                 f"{found or 'none'}. Pass data_plate='<plate over the data points>'"
             )
-        return (data[0].name,)
+        return data[0]
 
     # -- choosing how particles are evaluated ---------------------------------------------
     def _choose_path(self, requested: bool | str | None) -> str:
@@ -832,5 +838,9 @@ def _rounded(x: Tensor) -> list[float]:
 
 
 def _first_line(err: BaseException) -> str:
-    text = message(err).splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
+    """``Type: first sentence`` of an error, for a one-line warning."""
+    lines = message(err).splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 120 and ". " in text:
+        text = text[: text.index(". ") + 1]
+    return f"{type(err).__name__}: {text}"

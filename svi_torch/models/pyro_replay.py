@@ -51,6 +51,7 @@ __all__ = [
     "per_particle_sum",
     "per_particle_value",
     "per_point",
+    "event_point_log_prob",
 ]
 
 PATHS = ("plate", "vmap", "loop")
@@ -152,6 +153,29 @@ def per_particle_sum(name: str, log_p: Tensor, particles: int | None, nesting: i
         )
     total = log_p.sum(tuple(range(1, ndim))) if ndim > 1 else log_p
     return total if lead == particles else total.expand(particles)
+
+
+def event_point_log_prob(msg: Message) -> Tensor:
+    """Per-entry log-densities of an ``Independent`` site over one reinterpreted dim.
+
+    ``Normal(mu, s).to_event(1)`` sums its entries; its base distribution gives them one
+    by one, with the site's scale and mask (which live on the batch dims) broadcast over
+    the entries.
+    """
+    fn = msg["fn"]
+    if not isinstance(fn, torch.distributions.Independent) or fn.reinterpreted_batch_ndims != 1:
+        raise PyroModelError(
+            f"site {msg['name']!r} was an Independent distribution over one dim at discovery "
+            f"and is now {type(fn).__name__}; the per-point log likelihood needs the same "
+            "distribution every run"
+        )
+    log_p = fn.base_dist.log_prob(msg["value"])
+    scale, mask = msg["scale"], msg["mask"]
+    if isinstance(scale, Tensor):
+        scale = scale.unsqueeze(-1)
+    if isinstance(mask, Tensor):
+        mask = mask.unsqueeze(-1)
+    return scale_and_mask(log_p, scale, mask)
 
 
 def per_point(name: str, log_p: Tensor, dim: int, particles: int | None, nesting: int) -> Tensor:

@@ -84,7 +84,13 @@ class LatentSite:
 
 @dataclass(frozen=True)
 class ObservedSite:
-    """An observed sample site or a ``pyro.factor``, with its data-plate dim if it has one."""
+    """An observed sample site or a ``pyro.factor``, with the batch dims of its plates.
+
+    ``points`` says where a site outside any data plate keeps independent points:
+    ``"batch"`` (one batch dim, e.g. ``Normal(mu, s)`` with ``obs`` of shape ``(N,)``),
+    ``"event"`` (no batch dim, one reinterpreted dim: ``Normal(mu, s).to_event(1)``) or
+    ``None``.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -92,6 +98,7 @@ class ObservedSite:
     is_factor: bool
     plates: tuple[str, ...]
     plate_dims: Mapping[str, int]
+    points: str | None
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,21 @@ def message(err: BaseException) -> str:
     return str(err).split("\nTrace Shapes:")[0].strip()
 
 
+def _points(fn: Any, batch_ndim: int) -> str | None:
+    """Where an observed site keeps independent points (see :class:`ObservedSite`)."""
+    if batch_ndim == 1:
+        return "batch"
+    if (
+        batch_ndim == 0
+        and isinstance(fn, torch.distributions.Independent)
+        and fn.reinterpreted_batch_ndims == 1
+        and len(fn.base_dist.batch_shape) == 1
+        and fn.base_dist.event_shape == ()
+    ):
+        return "event"
+    return None
+
+
 def discover_sites(
     model_fn: Callable[..., Any],
     args: tuple[Any, ...],
@@ -306,7 +328,11 @@ def discover_sites(
             derived.append(DerivedSite(name, shape, plates))
         elif site["is_observed"]:
             dims = {f.name: f.dim for f in frames if f.dim is not None}
-            observed.append(ObservedSite(name, shape, batch_ndim, is_factor(site), plates, dims))
+            observed.append(
+                ObservedSite(
+                    name, shape, batch_ndim, is_factor(site), plates, dims, _points(fn, batch_ndim)
+                )
+            )
             observed_numel += max(1, int(torch.Size(shape).numel()))
         else:
             latent.append(LatentSite(name, shape, fn.support, batch_ndim, plates))
