@@ -15,8 +15,8 @@ A step is what the trainer does: the ELBO of ``K`` particles on a minibatch of `
 (likelihood scaled by ``N/B``), its backward pass and an Adam update of a mean-field
 Gaussian. Each repeat times a block of steps of every variant in turn (paired, so a load
 change on the machine hits all of them); the table gives the median time per step and the
-median over repeats of each variant's ratio to the native step of the same repeat. One
-CPU thread.
+median over repeats of each variant's ratio to the native step of the same repeat (and
+the quartiles of those ratios). One CPU thread.
 
 Usage: ``python benchmarks/pyro_bridge_overhead.py [--rows N] [--dim D] [--batch B]
 [--particles K] [--repeats R] [--steps S]``.
@@ -103,10 +103,10 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = time.process_time()
             for _ in range(args.steps):
                 step()
-            times[name].append((time.perf_counter() - start) / args.steps * 1e6)
+            times[name].append((time.process_time() - start) / args.steps * 1e6)
     native = times["native"]
     print(f"`{' '.join(['python', *sys.argv])}`\n")
     print(
@@ -114,11 +114,15 @@ def main() -> None:
         f"{args.repeats} paired repeats of {args.steps} steps; one thread; torch "
         f"{torch.__version__}, pyro {pyro.__version__}\n"
     )
-    print("| path | us per step | ratio to native |")
-    print("|---|---|---|")
+    print("| path | us per step | ratio to native | ratio quartiles |")
+    print("|---|---|---|---|")
     for name, values in times.items():
-        ratio = statistics.median(v / n for v, n in zip(values, native, strict=True))
-        print(f"| {name} | {statistics.median(values):.0f} | {ratio:.2f} |")
+        ratios = [v / n for v, n in zip(values, native, strict=True)]
+        low, _, high = statistics.quantiles(ratios, n=4)
+        print(
+            f"| {name} | {statistics.median(values):.0f} | {statistics.median(ratios):.2f} "
+            f"| {low:.2f} to {high:.2f} |"
+        )
 
 
 if __name__ == "__main__":

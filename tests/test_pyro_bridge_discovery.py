@@ -245,3 +245,16 @@ def test_init_loc_fn_gives_the_initial_point_and_falls_back_on_improper_sites():
     wrong = init_to_value(values={"flat": torch.ones(3)})
     with pytest.raises(PyroModelError, match="'flat' a value of shape \\(3,\\)"):
         PyroModel(mixed_priors, y, init_loc_fn=wrong)
+
+
+def test_a_model_making_float64_tensors_itself_gets_a_dtype_hint():
+    design = torch.ones(3, 2, dtype=torch.float64)  # e.g. torch.from_numpy inside the model
+
+    def closure(y):
+        beta = pyro.sample("beta", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        pyro.sample("y", dist.Normal(design @ beta, 1.0).to_event(1), obs=y)
+
+    with pytest.raises(PyroModelError, match="ran in torch.float32.*pass dtype="):
+        PyroModel(closure, torch.zeros(3))
+    model = PyroModel(closure, torch.zeros(3), dtype=torch.float64)
+    assert model.log_joint(torch.zeros(1, 2, dtype=torch.float64)).total.dtype == torch.float64

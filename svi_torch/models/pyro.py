@@ -396,7 +396,14 @@ class PyroModel(Model):
         sample_shape = tuple(value.shape[: value.dim() - len(first.shape)])
         num = math.prod(sample_shape)
         dtype = self._dtype_probe.dtype
-        flat = {s.name: params[s.name].to(dtype).reshape((num,) + s.shape) for s in self._latent}
+        flat = {}
+        for site in self._latent:
+            value = params[site.name]
+            if value.dtype != dtype:
+                value = value.to(dtype)
+            flat[site.name] = (
+                value if len(sample_shape) == 1 else value.reshape((num,) + site.shape)
+            )
         return flat, sample_shape
 
     def _evaluate(
@@ -460,6 +467,8 @@ class PyroModel(Model):
         terms = self._evaluate(
             values, indices, self._collect_terms, "evaluating its log joint", path
         )
+        if len(sample_shape) == 1:
+            return terms
         return {k: v.reshape(sample_shape) for k, v in terms.items()}
 
     def _chunks(self, rows: int) -> Iterator[Tensor]:
@@ -735,12 +744,14 @@ class PyroModel(Model):
 
     # -- choosing how particles are evaluated ---------------------------------------------
     def _choose_path(self, requested: bool | str | None) -> str:
+        """The first vectorised path that matches the loop, or the loop (see the class doc)."""
         if requested is False or requested == "loop":
             return "loop"
         candidates = ("plate", "vmap") if requested in (None, True) else (str(requested),)
+        reference = self._probe("loop")  # a model error here is the model's: it raises
         failures = []
         for path in candidates:
-            problem = self._path_problem(path)
+            problem = self._path_problem(path, reference)
             if problem is None:
                 return path
             failures.append(f"{path}: {problem.rstrip('.')}")
@@ -760,36 +771,34 @@ class PyroModel(Model):
             "control flow, or pass vectorize_particles=False"
         )
 
-    def _path_problem(self, path: str) -> str | None:
-        """Compare ``path`` with the loop on 3 particles (values and gradients); describe a mismatch."""
+    def _probe(self, path: str) -> tuple[dict[str, Tensor], Tensor]:
+        """Log-density terms and the gradient of their sum at 3 fixed particles, by ``path``."""
         generator = torch.Generator().manual_seed(12345)
-        z = (0.5 * torch.randn(3, self.dim, generator=generator)).to(self.dtype).to(self.device)
+        z = 0.5 * torch.randn(3, self.dim, generator=generator)
+        z = z.to(dtype=self.dtype, device=self.device).requires_grad_(True)
         indices = None
         if self.data_plate is not None:
             indices = self._plate_index[: min(self.num_data, 64)]
-        results = {}
+        # The same random draws (e.g. a plate Pyro subsamples itself) along every path.
         self._runner.seed = 0
         try:
-            for which in (path, "loop"):
-                point = z.clone().requires_grad_(True)
-                params, _ = self.constrain(point)
-                try:
-                    terms = self._terms(params, indices, which)
-                    total = sum(terms.values())
-                    (grad,) = torch.autograd.grad(total.sum(), point, allow_unused=True)
-                except PyroModelError as err:
-                    if which == "loop":
-                        raise
-                    return f"{_first_line(err.__cause__ or err)}"
-                except RuntimeError as err:
-                    if which == "loop":
-                        raise
-                    return f"{_first_line(err)}"
-                grad = torch.zeros_like(point) if grad is None else grad
-                results[which] = ({k: v.detach() for k, v in terms.items()}, grad)
+            params, _ = self.constrain(z)
+            terms = self._terms(params, indices, path)
+            (grad,) = torch.autograd.grad(sum(terms.values()).sum(), z, allow_unused=True)
         finally:
             self._runner.seed = None
-        (terms, grad), (loop_terms, loop_grad) = results[path], results["loop"]
+        grad = torch.zeros_like(z) if grad is None else grad
+        return {k: v.detach() for k, v in terms.items()}, grad
+
+    def _path_problem(self, path: str, reference: tuple[dict[str, Tensor], Tensor]) -> str | None:
+        """Why ``path`` does not reproduce the loop's ``reference`` (values, gradients), or None."""
+        try:
+            terms, grad = self._probe(path)
+        except PyroModelError as err:
+            return _first_line(err.__cause__ or err)
+        except Exception as err:  # vmap's own errors, shape errors outside the model
+            return _first_line(err)
+        loop_terms, loop_grad = reference
         for name in _TERMS:
             if not _close(terms[name], loop_terms[name]):
                 return (

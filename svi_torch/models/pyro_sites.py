@@ -307,7 +307,13 @@ def discover_sites(
     except Exception as err:
         reached = list(tracer.msngr.trace.nodes.values())
         doing = "running it once to find its sample sites"
-        raise model_error(model_name, doing, err, reached) from err
+        error = model_error(model_name, doing, err, reached)
+        if "dtype" in str(err) or "Double" in str(err) or "Float" in str(err):
+            error = PyroModelError(
+                f"{error}. Discovery ran in {dtype}; if the model makes tensors of another "
+                "dtype itself (e.g. from NumPy), pass dtype= or give it tensor arguments"
+            )
+        raise error from err
     latent, observed, derived = [], [], []
     plate_sizes: dict[str, int] = {}
     nesting = 0
