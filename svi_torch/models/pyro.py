@@ -37,9 +37,10 @@ result equals ``Trace.log_prob_sum()`` of the conditioned model (plus the Jacobi
 bounded memory. Without a data plate it is one run of the whole model.
 
 **Particles.** The :math:`K` particles of a step are evaluated along the first path that
-matches a particle-by-particle loop at construction (values and gradients): one run under
-an extra outermost ``pyro.plate`` of size :math:`K` (a model that broadcasts over leading
-batch dimensions), else ``torch.func.vmap`` over the draws (a model written for one draw:
+matches a particle-by-particle loop at construction (values and gradients): one run with
+the particles as a leading batch dim, left of the model's plates, as in
+``Trace_ELBO(vectorize_particles=True)`` (a model that broadcasts over leading batch
+dimensions), else ``torch.func.vmap`` over the draws (a model written for one draw:
 ``X @ beta``, loops over time steps), else the loop itself, with a warning that says why
 the first two failed (see :mod:`~svi_torch.models.pyro_replay`).
 
@@ -531,6 +532,8 @@ class PyroModel(Model):
         """The minibatch ``indices`` of the data plate, as Pyro subsample indices."""
         if self.data_plate is None:
             raise ValueError(f"{type(self).__name__} without data_plate has no data to index")
+        if indices.dim() == 1 and indices.dtype in (torch.int64, torch.int32):
+            return {"subsample": self._plate_index.index_select(0, indices)}
         return {"subsample": self._plate_index[indices]}
 
     def log_joint(

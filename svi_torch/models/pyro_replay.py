@@ -18,9 +18,13 @@ the model's own tensor operations.
 :class:`ParticleRunner` evaluates the :math:`K` particles of a step along one of three
 paths, each giving the same per-particle results:
 
-* ``"plate"``: one run inside an extra outermost ``pyro.plate`` of size :math:`K` (as
-  ``Trace_ELBO(vectorize_particles=True)`` does); the model must broadcast over leading
-  batch dimensions;
+* ``"plate"``: one run with the particles as a leading batch dim, left of the model's
+  plates (the layout of ``Trace_ELBO(vectorize_particles=True)``); the model must
+  broadcast over leading batch dimensions. Densities need nothing more: the latent values
+  carry the particle dim and Pyro's distributions broadcast it (an extra outermost
+  ``pyro.plate`` would only expand every site's distribution, at a cost per site).
+  Drawing observed sites afresh runs inside that ``pyro.plate`` of size :math:`K`, so each
+  particle gets its own draws;
 * ``"vmap"``: ``torch.func.vmap`` over the particles of a model written for one draw
   (``X @ beta``, Python loops over time steps); data-dependent Python control flow does not
   vmap;
@@ -269,7 +273,7 @@ class ParticleRunner:
             call = poutine.seed(call, rng_seed=self.seed)
         try:
             with replay:
-                if particles is None:
+                if particles is None or not resample:
                     call()
                 else:
                     with self._particle_plate(particles, next(iter(values.values())).device):
