@@ -258,3 +258,18 @@ def test_a_model_making_float64_tensors_itself_gets_a_dtype_hint():
         PyroModel(closure, torch.zeros(3))
     model = PyroModel(closure, torch.zeros(3), dtype=torch.float64)
     assert model.log_joint(torch.zeros(1, 2, dtype=torch.float64)).total.dtype == torch.float64
+
+
+def test_a_data_plate_with_subsample_size_is_rejected_with_the_fix():
+    def subsampled(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y), subsample_size=10) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
+
+    y = torch.randn(100)
+    with pytest.raises(PyroModelError, match="subsample_size=10.*full size and no subsample_size"):
+        PyroModel(subsampled, y, data_plate="data")
+    # Without data_plate Pyro subsamples the plate itself, as before, and the bridge says
+    # that full-data passes are then estimates.
+    with pytest.warns(UserWarning, match="subsamples 10 of 100 by itself.*data_plate='data'"):
+        assert PyroModel(subsampled, y).num_data == 0

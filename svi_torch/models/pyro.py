@@ -311,6 +311,17 @@ class PyroModel(Model):
                     "sites only; marginalise local latents out or leave data_plate=None"
                 )
             self.add_param(site.name, site.shape, site.support)
+        for plate, size in sites.plate_sizes.items():
+            subsample = sites.plate_subsample_sizes[plate]
+            if plate != self.data_plate and subsample < size:
+                warnings.warn(
+                    f"plate {plate!r} of the Pyro model {self.model_name!r} subsamples "
+                    f"{subsample} of {size} by itself, so every evaluation, full-data passes "
+                    "(MAP, Laplace, final ELBO) included, sees a random subsample: an "
+                    "unbiased estimate, not the exact log joint. Drop subsample_size and pass "
+                    f"data_plate={plate!r} to minibatch it exactly",
+                    stacklevel=3,
+                )
         known = [s.name for s in (*sites.latent, *sites.observed, *sites.derived)]
         missing = [n for n in observed if n not in known]
         if missing:
@@ -328,6 +339,14 @@ class PyroModel(Model):
                 raise PyroModelError(
                     f"data_plate={self.data_plate!r}, but the Pyro model {self.model_name!r} "
                     f"has no plate of that name; its plates are {sorted(sites.plate_sizes)}"
+                )
+            if sites.plate_subsample_sizes[self.data_plate] != sites.plate_sizes[self.data_plate]:
+                raise PyroModelError(
+                    f"the data plate {self.data_plate!r} of the Pyro model "
+                    f"{self.model_name!r} has subsample_size="
+                    f"{sites.plate_subsample_sizes[self.data_plate]}; the bridge draws the "
+                    "minibatches itself: declare the plate with its full size and no "
+                    "subsample_size (and set batch_size in fit)"
                 )
             self.num_data = int(sites.plate_sizes[self.data_plate])
             # The index buffer gives the trainer a data length and a device; batches are

@@ -118,6 +118,7 @@ class ModelSites:
     observed: tuple[ObservedSite, ...]
     derived: tuple[DerivedSite, ...]
     plate_sizes: Mapping[str, int]
+    plate_subsample_sizes: Mapping[str, int]
     max_plate_nesting: int
     observed_numel: int
 
@@ -316,6 +317,7 @@ def discover_sites(
         raise error from err
     latent, observed, derived = [], [], []
     plate_sizes: dict[str, int] = {}
+    subsample_sizes: dict[str, int] = {}
     nesting = 0
     observed_numel = 0
     for name, site in trace.nodes.items():
@@ -323,6 +325,8 @@ def discover_sites(
             continue
         if site_is_subsample(site):
             plate_sizes[name] = site["fn"].size
+            subsample = site["fn"].subsample_size
+            subsample_sizes[name] = site["fn"].size if subsample is None else subsample
             continue
         fn = site["fn"]
         frames = site["cond_indep_stack"]
@@ -343,6 +347,12 @@ def discover_sites(
         else:
             latent.append(LatentSite(name, shape, fn.support, batch_ndim, plates))
     sites = ModelSites(
-        tuple(latent), tuple(observed), tuple(derived), plate_sizes, nesting, observed_numel
+        tuple(latent),
+        tuple(observed),
+        tuple(derived),
+        plate_sizes,
+        subsample_sizes,
+        nesting,
+        observed_numel,
     )
     return sites, trace
