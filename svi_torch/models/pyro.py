@@ -727,7 +727,7 @@ class PyroModel(Model):
             }
             by_event = False
             if batch is None:
-                chunks = list(self._chunks(self.full_data_chunk_rows(values_num(values))))
+                chunks = list(self._chunks(self.full_data_chunk_rows(_values_num(values))))
             else:
                 chunks = [self._indices(batch)]
 
@@ -844,12 +844,14 @@ class PyroModel(Model):
         )
 
 
-def values_num(values: Mapping[str, Tensor]) -> int:
+def _values_num(values: Mapping[str, Tensor]) -> int:
+    """The number of particles in flattened latent values."""
     return next(iter(values.values())).shape[0]
 
 
 def _split(values: Mapping[str, Tensor], size: int) -> Iterator[dict[str, Tensor]]:
-    num = values_num(values)
+    """Flattened latent values in groups of at most ``size`` particles."""
+    num = _values_num(values)
     if size >= num:
         yield dict(values)
         return
@@ -858,6 +860,7 @@ def _split(values: Mapping[str, Tensor], size: int) -> Iterator[dict[str, Tensor
 
 
 def _close(a: Tensor, b: Tensor) -> bool:
+    """Equal up to float32 rounding of a sum of many terms (NaN equal to NaN)."""
     if a.shape != b.shape:
         return False
     scale = 1.0 + float(b.abs().nan_to_num(0.0, 0.0, 0.0).max()) if b.numel() else 1.0
