@@ -21,7 +21,7 @@ Example:
     >>> def flat(y):
     ...     mu = pyro.sample("mu", dist.ImproperUniform(constraints.real, (), ()))
     ...     pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-    >>> sites = discover_sites(flat, (torch.zeros(3),), {}, torch.float64, torch.device("cpu"))
+    >>> sites, _ = discover_sites(flat, (torch.zeros(3),), {}, torch.float64, torch.device("cpu"))
     >>> sites.latent[0].name, sites.latent[0].shape
     ('mu', ())
 """
