@@ -7,12 +7,15 @@
 >>> result = st.fit(model, family, steps=1000)  # doctest: +SKIP
 """
 
-from . import data, diagnostics, divergences, families, models, objectives, training
+from . import data, diagnostics, divergences, families, models, objectives, posterior, training
+from .posterior import load_result, load_run
 from .training import FitResult, fit
 
 __all__ = [
     "fit",
     "FitResult",
+    "load_result",
+    "load_run",
     "families",
     "models",
     "objectives",
@@ -20,5 +23,6 @@ __all__ = [
     "data",
     "divergences",
     "diagnostics",
+    "posterior",
 ]
 __version__ = "0.1.0"
