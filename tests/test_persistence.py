@@ -169,3 +169,8 @@ def test_saved_cli_result_rebuilds_its_model_from_the_config(cli_run, tmp_path: 
     assert _same_draws(result, loaded)
     with pytest.raises(ResultFileError, match="not a finished svi-torch run"):
         st.load_run(tmp_path)
+    # A config whose data file has gone: the error says to pass the model.
+    result.config["data"].update(source=str(tmp_path / "moved.csv"), y="y")
+    path = result.save(tmp_path / "moved.pt", diagnostics=False)
+    with pytest.raises(ResultFileError, match=r"cannot rebuild the model.*model=Bayesian"):
+        st.load_result(path)

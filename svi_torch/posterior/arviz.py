@@ -98,6 +98,7 @@ def to_arviz(
     log_likelihood: bool = True,
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Sequence[Any]] | None = None,
+    observed_data: Mapping[str, Any] | None = None,
 ) -> Any:
     """The fit as ArviZ's ``xarray.DataTree``; the groups are listed in the module docstring.
 
@@ -113,6 +114,8 @@ def to_arviz(
         dims: dimension names per variable beyond ``(chain, draw)``, e.g.
             ``{"theta": ["school"], "y": ["school"]}``; default ``{name}_dim_{i}``.
         coords: coordinate values per dimension, e.g. ``{"school": ["A", ..., "H"]}``.
+        observed_data: the observed arrays by name, for models whose data do not hold them
+            under the simulated names (default: the model's data arrays of those names).
 
     Returns:
         ``xarray.DataTree``; ``dt.to_netcdf(path)`` writes it and
@@ -154,7 +157,8 @@ def to_arviz(
     if simulated is not None:
         data["posterior_predictive"] = {k: _numpy(v)[None] for k, v in simulated.items()}
         all_dims.update({k: _dims(k, v.shape[1:], given) for k, v in simulated.items()})
-        observed = {k: v for k, v in model.data.items() if k in simulated}
+        source = model.data if observed_data is None else observed_data
+        observed = {k: torch.as_tensor(v) for k, v in source.items() if k in simulated}
         if observed:
             data["observed_data"] = {k: _numpy(v) for k, v in observed.items()}
         observed_names = list(simulated)

@@ -13,6 +13,7 @@ restored afterwards, so after-fit calls never change a training run that follows
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator, Mapping
 from itertools import product
 
@@ -46,7 +47,7 @@ def seeded(seed: int | None, *modules: nn.Module) -> Iterator[None]:
     if seed is None:
         yield
         return
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int or None, got {seed!r}")
     devices = sorted(
         {
@@ -57,7 +58,7 @@ def seeded(seed: int | None, *modules: nn.Module) -> Iterator[None]:
         }
     )
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        torch.manual_seed(int(seed))
         yield
 
 

@@ -284,9 +284,16 @@ def _rebuild_model(spec: Mapping[str, Any], path: Path) -> Model:
             "with the fit's data"
         )
     from ..build import build_model
-    from ..config import config_from_dict
+    from ..config import ConfigError, config_from_dict
 
-    return build_model(config_from_dict(dict(spec["config"])))
+    try:
+        return build_model(config_from_dict(dict(spec["config"])))
+    except ConfigError as err:
+        name = spec["class"].rsplit(":", 1)[-1]
+        raise ResultFileError(
+            f"cannot rebuild the model of {path} from its run's config ({err}); pass "
+            f"load_result({str(path)!r}, model={name}(...)) built with the fit's data"
+        ) from None
 
 
 def _diagnostics(values: Mapping[str, Any] | None) -> Any:

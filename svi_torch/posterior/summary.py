@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .draws import flat_draws
+
 __all__ = ["SummaryTable", "COLUMNS", "summary_table"]
 
 #: The table's columns, in order.
@@ -134,9 +136,8 @@ def summary_table(
     seed: int | None = None,
 ) -> SummaryTable:
     """The :class:`SummaryTable` of named draws, each of shape ``(S, *shape)``."""
-    from .draws import flat_draws
-
     names, flat = flat_draws(draws, num_samples)
+    flat = flat.cpu()  # a small table: printed, compared and converted on the CPU
     probs = torch.tensor([0.05, 0.5, 0.95], dtype=flat.dtype)
     # torch.quantile refuses inputs beyond 2^24 elements: go column block by block.
     step = max(1, (1 << 24) // max(num_samples, 1))
