@@ -55,8 +55,7 @@ def schools() -> FitResult:
         model,
         st.families.FullRankGaussian(model.dim),
         steps=300,
-        optimizer="adam",
-        lr=0.05,
+        method=st.methods.SGD(lr=0.05),
         seed=0,
         progress=False,
     )

@@ -19,7 +19,7 @@ QUICK = Path(__file__).parents[1] / "experiments" / "configs" / "quick.yaml"
 
 
 def _fit(family: st.families.VariationalFamily, model: st.models.Model) -> FitResult:
-    return st.fit(model, family, steps=60, optimizer="adam", lr=0.05, seed=0, progress=False)
+    return st.fit(model, family, steps=60, method=st.methods.SGD(lr=0.05), seed=0, progress=False)
 
 
 def _schools_result(family_cls: type = st.families.FullRankGaussian, **options) -> FitResult:
