@@ -85,6 +85,10 @@ def test_lbfgs_minimises_rosenbrock_and_reports_why_it_stopped():
     assert res.num_evals > res.num_iters > 10
     short = lbfgs(rosenbrock, torch.tensor([-1.2, 1.0]), max_iters=3)
     assert (short.stop_reason, short.num_iters) == ("max_iters", 3)
+    at_minimum = lbfgs(rosenbrock, torch.ones(2))
+    assert (at_minimum.stop_reason, at_minimum.num_iters, at_minimum.num_evals) == (
+        "tol_rel_grad", 0, 1,
+    )  # fmt: skip
 
 
 def test_lbfgs_backs_off_nan_trial_points():
@@ -120,7 +124,7 @@ def test_best_iterate_recovers_a_correlated_gaussian():
 
     BFGS recovers the inverse Hessian of a quadratic from D conjugate steps (Dixon's
     theorem); that needs a history of at least D pairs and a line search close to exact
-    (``wolfe_c2=0.01``); Stan's defaults (history 5, c2 = 0.9) are far off here.
+    (``wolfe_c2=0.01``); Stan's defaults (history 5, c2 = 0.9) are 1.4 nats off here.
     """
     mean, cov, target = correlated_gaussian()
     res = pathfinder(target.log_prob, 10, dtype=F64, history_size=10, wolfe_c2=0.01, seed=1)
@@ -130,6 +134,8 @@ def test_best_iterate_recovers_a_correlated_gaussian():
     assert res.num_distinct > 0.8 * 1000  # ~880 expected from 4000 near-equal weights
     assert res.num_grad_evals == sum(p.num_grad_evals for p in res.paths)
     assert all(p.stop_reason in ("tol_rel_obj", "tol_rel_grad") for p in res.paths)
+    stan = pathfinder(target.log_prob, 10, dtype=F64, seed=1, warn=False)  # measured 1.4 nats
+    assert float(kl_mvn(stan.gaussian.loc, stan.gaussian.covariance(), mean, cov)) > 0.5
 
 
 def test_multipath_resampling_recovers_mode_weights_even_when_paths_split_unevenly():

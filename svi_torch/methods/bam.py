@@ -75,8 +75,9 @@ score error by :math:`\\mathrm{Cov}(q)`, so the noise adds :math:`\\mathrm{tr}(\
 :math:`\\mathrm{Cov}(\\xi)`, :math:`U` is biased up and :math:`\\Sigma` down, by an amount that
 neither a decaying :math:`\\lambda_t` nor averaging removes. In a regression
 :math:`\\mathrm{Cov}(\\xi)` is about :math:`N/B_{\\text{data}}` times the posterior precision
-(the residual noise of every point): measured, the variances come out 0.16-0.26 of the
-exact ones at :math:`N/B_{\\text{data}} = 10` (``tests/test_bam.py``). The handling here is a
+(the residual noise of every point): in ``tests/test_bam.py`` (:math:`D = 5`,
+:math:`N/B_{\\text{data}} = 10`, 200 steps of 8 draws) the averaged covariance comes out
+about half the exact one (mean eigenvalue ratio 0.53, KL 0.47). The handling here is a
 control variate (as in SVRG, or control-variate SG-MCMC, Baker et al. 2019): given the exact
 ``reference_log_density`` (full data), its score :math:`g(z_{\\text{ref}})` at a reference
 point (the current mean, refreshed every ``refresh_every`` steps, one full-data gradient

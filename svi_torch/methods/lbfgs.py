@@ -286,6 +286,8 @@ def lbfgs(
     if callback is not None:
         callback(current)
     stop = "max_iters"
+    if float(grad.abs().max()) / max(abs(value), 1.0) < tol_rel_grad:
+        return LBFGSResult(current, 0, num_evals, 0, 0, "tol_rel_grad", values)
     for k in range(1, max_iters + 1):
         if s_hist:
             direction = -two_loop_direction(grad, current.s, current.y, alpha)

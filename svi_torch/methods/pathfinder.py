@@ -37,13 +37,18 @@ inference", JMLR 23(306). For each of ``num_paths`` paths:
    differences it must resolve near a good fit). ``draws_per_path`` draws are taken from it.
 
 **Accuracy and the history.** :math:`\\Sigma_l` corrects the diagonal along at most
-:math:`2J` directions, so a posterior with more than :math:`J` strongly correlated
-directions is approximated coarsely at Stan's :math:`J = 5`. BFGS recovers the inverse
+:math:`2J` directions, and only along those the path has explored. BFGS recovers the inverse
 Hessian of a quadratic from :math:`D` conjugate steps (Dixon's theorem), which takes a
-history :math:`J \\ge D` *and* a line search close to exact: ``history_size=D,
-wolfe_c2=0.01`` makes the best Gaussian exact on Gaussian targets (the tests), where
-Stan's :math:`c_2 = 0.9` leaves it a few hundredths of a nat off even at :math:`J = 2D`
-(``benchmarks/gaussian_vi_evals.py`` prints both settings on the conjugate regressions).
+history :math:`J \\ge D`, a line search close to exact and at least :math:`D` iterations:
+on the spread spectrum of the tests (:math:`D = 10`, condition number 100)
+``history_size=D, wolfe_c2=0.01`` makes the best Gaussian exact, where Stan's
+:math:`J = 5`, :math:`c_2 = 0.9` leave it 1.4 nats off. On the conjugate regressions of
+``benchmarks/gaussian_vi_evals.py`` (:math:`N = 1000`) L-BFGS converges in fewer than
+:math:`D` iterations (a clustered spectrum) and the unexplored directions keep the diagonal
+guess: KL(q‖p) = 0.0026, 0.19 and 3.2 nats at :math:`D = 5, 20, 100` with Stan's defaults,
+0, 0.032 and 2.1 with ``history_size=D, wolfe_c2=0.01``. Pathfinder is then a start, not a
+fit: batch-and-match from its Gaussian reaches KL < 0.01 in 2 and 21 steps of 16 draws
+(same benchmark).
 
 **Pooling.** The draws of all paths are importance-weighted against the *mixture* of the
 paths' Gaussians, :math:`\\log w = \\log p(z) - \\log\\frac1I\\sum_i q_i(z)` (the balance
