@@ -8,6 +8,11 @@ PIP := $(PYTHON) -m pip
 
 install:
 	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@# ArviZ 1.x declares Python >= 3.12 but runs on 3.11; there, add its packages alone
+	@# (their dependencies came with the arviz extra above).
+	if $(PYTHON) -c 'import sys; sys.exit(sys.version_info >= (3, 12))'; then \
+	  $(PIP) install --quiet --disable-pip-version-check --no-deps --ignore-requires-python \
+	    -r requirements-arviz-py311.txt; fi
 
 demo: install
 	svi-torch train

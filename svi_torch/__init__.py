@@ -7,13 +7,26 @@
 >>> result = st.fit(model, family, steps=1000)  # doctest: +SKIP
 """
 
-from . import data, diagnostics, divergences, families, methods, models, objectives, training
+from . import (
+    data,
+    diagnostics,
+    divergences,
+    families,
+    methods,
+    models,
+    objectives,
+    posterior,
+    training,
+)
 from .fitting import fit
+from .posterior import load_result, load_run
 from .training import FitResult
 
 __all__ = [
     "fit",
     "FitResult",
+    "load_result",
+    "load_run",
     "families",
     "models",
     "objectives",
@@ -22,5 +35,6 @@ __all__ = [
     "data",
     "divergences",
     "diagnostics",
+    "posterior",
 ]
 __version__ = "0.1.0"

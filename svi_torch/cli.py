@@ -3,6 +3,8 @@
 Commands::
 
     svi-torch train [CONFIG.yaml | RUN_DIR --resume] [--set key=value ...] [--logdir DIR] [--quiet]
+    svi-torch summary RUN [--num-samples N] [--seed S]
+    svi-torch predict RUN [--data FILE] [--num-samples N] [--seed S] [--out FILE]
     svi-torch list
     svi-torch study NAME [--set key=value ...] [--logdir DIR] [--quick]
 
@@ -20,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_after_fit import COMMANDS as AFTER_FIT_COMMANDS
+from .cli_after_fit import add_commands as add_after_fit_commands
 from .config import ConfigError
 
 __all__ = ["main", "EXIT_CONFIG_ERROR"]
@@ -55,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         help="data-parallel processes on this machine, launched through torchrun (default 1)",
     )
 
+    add_after_fit_commands(sub)  # summary, predict: svi_torch/cli_after_fit.py
     sub.add_parser("list", help="list registered families, models, objectives, methods and studies")
 
     study = sub.add_parser("study", help="run a study: a grid of runs, summary.csv and plots")
@@ -215,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": lambda a: _train(a, argv),
         "list": _list,
         "study": _study,
+        **AFTER_FIT_COMMANDS,
     }
     try:
         return commands[args.command](args)

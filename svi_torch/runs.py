@@ -11,7 +11,10 @@ ends up holding
 * ``metrics.json``: final ELBO with its Monte Carlo standard error, steps, wall time,
   steps per second, stop reason, posterior summary, KL to the prior and, when the model
   has an exact posterior, the KL to it and the log evidence;
-* ``posterior_marginals.png``: the marginals figure.
+* ``posterior_marginals.png``: the marginals figure;
+* ``posterior.nc``: the fit as ArviZ data (:func:`svi_torch.posterior.to_arviz`), when
+  ArviZ is installed (``pip install svi_torch[arviz]``); ``svi_torch.load_run(run_dir)``
+  gives the run's :class:`~svi_torch.training.FitResult`.
 
 Example:
     >>> from svi_torch.config import load_config
@@ -35,6 +38,7 @@ import yaml
 
 from .build import Built, build, train_settings
 from .config import Config, ConfigError, config_to_dict
+from .posterior.arviz import write_run_posterior
 from .training.checkpoint import CheckpointError
 from .training.distributed import current_context
 from .training.logging import TensorBoardLogger
@@ -47,6 +51,7 @@ CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 FIGURE_FILE = "posterior_marginals.png"
+POSTERIOR_FILE = "posterior.nc"
 
 
 @dataclass
@@ -179,6 +184,8 @@ def train_run(
         )
     finally:
         logger.close()
+    result.config = config_to_dict(config)  # what rebuilds the model when the result is loaded
+    write_run_posterior(result, run_dir / POSTERIOR_FILE)
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return RunOutcome(run_dir, result, metrics, built)
 

@@ -178,7 +178,7 @@ def test_likelihood_scale_rescales_only_the_data_plate():
     )
 
 
-def test_model_that_does_not_vectorise_falls_back_to_a_loop_with_a_warning():
+def test_model_written_for_one_draw_is_vectorised_by_vmap():
     def matmul_regression(X, y):
         beta = pyro.sample("beta", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
         sigma = pyro.sample("sigma", dist.HalfNormal(2.0))
@@ -186,14 +186,18 @@ def test_model_that_does_not_vectorise_falls_back_to_a_loop_with_a_warning():
             pyro.sample("y", dist.Normal(X[idx] @ beta, sigma), obs=y[idx])  # no broadcasting
 
     X, y = torch.randn(40, 3), torch.randn(40)
-    with pytest.warns(UserWarning, match="does not vectorise over particles"):
-        looped = PyroModel(matmul_regression, X, y, data_plate="data")
-    assert not looped.vectorize_particles
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # vmap handles it: no fallback, no warning
+        one_draw = PyroModel(matmul_regression, X, y, data_plate="data")
+    assert one_draw.particle_path == "vmap" and one_draw.vectorize_particles
     vectorised = PyroModel(regression, X, y, data_plate="data")
-    z = torch.randn(2, 3, looped.dim)
-    torch.testing.assert_close(looped.log_joint(z).total, vectorised.log_joint(z).total)
-    with pytest.raises(PyroModelError, match="does not vectorise"):
-        PyroModel(matmul_regression, X, y, data_plate="data", vectorize_particles=True)
+    assert vectorised.particle_path == "plate"
+    z = torch.randn(2, 3, one_draw.dim)
+    torch.testing.assert_close(one_draw.log_joint(z).total, vectorised.log_joint(z).total)
+    with pytest.raises(
+        PyroModelError, match="does not vectorise over particles: plate: RuntimeError"
+    ):
+        PyroModel(matmul_regression, X, y, data_plate="data", vectorize_particles="plate")
 
 
 # -- fits --------------------------------------------------------------------------------------

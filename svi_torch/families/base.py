@@ -48,6 +48,13 @@ class VariationalFamily(nn.Module, ABC):
         ...             torch.distributions.Normal(self.loc, 1.0), 1)
     """
 
+    def __new__(cls, *args: object, **kwargs: object) -> VariationalFamily:
+        # Record the constructor's arguments (every subclass, none has to pass them up), so
+        # that a saved result can rebuild the family: ``svi_torch.posterior.family_spec``.
+        instance = super().__new__(cls)
+        instance.__dict__["_init_args"] = (args, dict(kwargs))
+        return instance
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:

@@ -1,28 +1,26 @@
-"""L-BFGS that survives non-finite values, and keeps its path.
+"""L-BFGS that exposes its curvature history and backs off non-finite values.
 
-``torch.optim.LBFGS`` is made for training loops: its strong-Wolfe line search interpolates
-with whatever values it gets, so one NaN or infinite loss (a step past the support of a
-log density, an overflow) poisons the iterate, and it does not expose the iterates and
-gradients along the path. The automatic method's MAP search and Pathfinder need both, so
-this module has its own minimiser of :math:`f(x)` with
+Minimises :math:`f(x)` (Pathfinder: :math:`f = -\\log p`) with the limited-memory BFGS
+direction :math:`d = -H g` and a strong-Wolfe line search. :math:`H` is the inverse-Hessian
+estimate from the last :math:`J` accepted pairs :math:`s_k = x_{k+1} - x_k`,
+:math:`y_k = \\nabla f(x_{k+1}) - \\nabla f(x_k)` over the diagonal :math:`\\mathrm{diag}(\\alpha)`
+that Pathfinder also uses (Zhang et al. 2022, Algorithm 4), so the Gaussians Pathfinder builds
+at each iterate are made of the same :math:`H` that chose the steps.
 
-* the two-loop recursion over the last ``history`` pairs :math:`s_k = x_{k+1} - x_k`,
-  :math:`y_k = \\nabla f_{k+1} - \\nabla f_k` (Nocedal & Wright 2006, Alg. 7.4), the initial
-  inverse Hessian :math:`\\gamma_k I` with :math:`\\gamma_k = s_k^\\top y_k / y_k^\\top y_k`;
-  pairs with :math:`s^\\top y \\le \\epsilon\\, \\|y\\|^2` (no positive curvature) are skipped;
-* a backtracking line search on the Armijo condition
-  :math:`f(x + t d) \\le f(x) + c_1 t\\, \\nabla f^\\top d`, in which a non-finite value, or
-  a non-finite gradient, counts as "too far": the step is halved (quadratic interpolation
-  where the values are finite), never accepted;
-* stopping when the relative change of :math:`f` falls below ``rel_tol`` (twice in a row)
-  or the gradient's largest entry below ``grad_tol``.
+Why not ``torch.optim.LBFGS``: it keeps its history private, it has no diagonal estimate,
+and a NaN or infinite objective inside its line search propagates into the iterate. Here:
 
-Example:
-    >>> import torch
-    >>> def fun(x):
-    ...     return (x**2).sum(), 2 * x
-    >>> minimize_lbfgs(fun, torch.ones(3)).x.abs().max() < 1e-6
-    tensor(True)
+* a trial point whose value or gradient is not finite counts as "too far": the line search
+  shrinks the step towards the last good point (and counts the back-off);
+* a pair with :math:`s^\\top y \\le \\varepsilon \\lVert y \\rVert^2` (curvature condition broken,
+  :math:`\\varepsilon = 2.2\\times10^{-16}` as in the paper) is not added to the history;
+* the run stops on a relative decrease of the objective
+  :math:`|f_k - f_{k+1}| / \\max(|f_k|, |f_{k+1}|, 1) <` ``tol_rel_obj``, on a relative
+  gradient :math:`\\lVert g_{k+1} \\rVert_\\infty / \\max(|f_{k+1}|, 1) <` ``tol_rel_grad``, when
+  the line search finds no decrease (the objective is flat to its precision), or after
+  ``max_iters`` iterations; the reason is reported.
+
+The state is kept in float64 whatever the dtype ``fun`` computes in.
 """
 
 from __future__ import annotations
@@ -34,183 +32,302 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["LBFGSResult", "minimize_lbfgs", "value_and_grad"]
+__all__ = ["LBFGSIterate", "LBFGSResult", "lbfgs", "two_loop_direction", "update_diagonal"]
 
-Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
+# The curvature threshold of Zhang et al. (2022): keep a pair only if s'y > eps |y|^2.
+CURVATURE_EPS = 2.2e-16
+# Strong Wolfe sufficient-decrease constant (Nocedal & Wright, ch. 3).
+WOLFE_C1 = 1e-4
+
+Objective = Callable[[Tensor], tuple[float, Tensor]]
+
+
+@dataclass
+class LBFGSIterate:
+    """One accepted iterate and the curvature information in use there.
+
+    Attributes:
+        index: iteration number (0 is the start).
+        x: the point, ``(D,)`` float64.
+        value: :math:`f(x)`.
+        grad: :math:`\\nabla f(x)`, ``(D,)``.
+        s: accepted steps, ``(D, m)`` (oldest first, :math:`m \\le J`).
+        y: their gradient differences, ``(D, m)``.
+        alpha: the diagonal inverse-Hessian estimate, ``(D,)``, positive.
+    """
+
+    index: int
+    x: Tensor
+    value: float
+    grad: Tensor
+    s: Tensor
+    y: Tensor
+    alpha: Tensor
 
 
 @dataclass
 class LBFGSResult:
-    """The outcome and the path of :func:`minimize_lbfgs`.
+    """Outcome of :func:`lbfgs`.
 
     Attributes:
-        x: the last accepted iterate.
-        value: :math:`f(x)`.
-        grad: :math:`\\nabla f(x)`.
-        converged: whether a stopping tolerance was met (not the iteration budget, not a
-            failed line search).
-        message: why it stopped.
-        iterations: accepted steps.
-        evaluations: calls of ``fun``.
-        path: the accepted iterates, starting with ``x0`` (only when ``keep_path``).
-        path_grads: their gradients.
-        path_values: their values.
+        iterate: the last accepted iterate.
+        num_iters: accepted iterations.
+        num_evals: evaluations of ``fun`` (value and gradient), the start included unless
+            it was passed as ``initial``.
+        num_backoffs: trial points whose value or gradient was not finite.
+        num_skipped_pairs: pairs left out for breaking the curvature condition.
+        stop_reason: ``"tol_rel_obj"``, ``"tol_rel_grad"``, ``"no_decrease"`` or
+            ``"max_iters"``.
     """
 
+    iterate: LBFGSIterate
+    num_iters: int
+    num_evals: int
+    num_backoffs: int
+    num_skipped_pairs: int
+    stop_reason: str
+    values: list[float] = field(default_factory=list)
+
+
+def update_diagonal(alpha: Tensor, s: Tensor, y: Tensor) -> Tensor:
+    """Pathfinder's diagonal inverse-Hessian update (Zhang et al. 2022, Algorithm 4).
+
+    The diagonal of the BFGS update of the Hessian estimate :math:`B = \\mathrm{diag}(1/\\alpha)`
+    after the Oren-Luenberger scaling by :math:`a/b`, inverted:
+
+    .. math::
+
+        \\frac{1}{\\alpha_i'} = \\frac{a}{b\\,\\alpha_i} + \\frac{y_i^2}{b}
+            - \\frac{a\\, s_i^2}{b\\, c\\, \\alpha_i^2},\\qquad
+        a = y^\\top \\mathrm{diag}(\\alpha) y,\\; b = y^\\top s,\\;
+        c = s^\\top \\mathrm{diag}(\\alpha)^{-1} s.
+
+    Each term is positive when :math:`b > 0` (:math:`c \\ge s_i^2/\\alpha_i`); a component
+    that rounds to zero or overflows keeps its old value.
+    """
+    a = (y * alpha * y).sum()
+    b = (y * s).sum()
+    c = (s * s / alpha).sum()
+    inverse = a / (b * alpha) + y * y / b - a * s * s / (b * c * alpha * alpha)
+    new = 1.0 / inverse
+    ok = torch.isfinite(new) & (new > 0)
+    return torch.where(ok, new, alpha)
+
+
+def two_loop_direction(grad: Tensor, s: Tensor, y: Tensor, alpha: Tensor) -> Tensor:
+    """:math:`H g` by the two-loop recursion with :math:`H_0 = \\mathrm{diag}(\\alpha)`.
+
+    ``s``, ``y``: ``(D, m)``, oldest pair first (Nocedal & Wright, Algorithm 7.4).
+    """
+    m = s.shape[1]
+    rho = 1.0 / (s * y).sum(0)
+    q = grad.clone()
+    coef = torch.empty(m, dtype=grad.dtype, device=grad.device)
+    for i in range(m - 1, -1, -1):
+        coef[i] = rho[i] * (s[:, i] @ q)
+        q -= coef[i] * y[:, i]
+    r = alpha * q
+    for i in range(m):
+        beta = rho[i] * (y[:, i] @ r)
+        r += s[:, i] * (coef[i] - beta)
+    return r
+
+
+def _finite(value: float, grad: Tensor) -> bool:
+    return math.isfinite(value) and bool(torch.isfinite(grad).all())
+
+
+@dataclass
+class _LineSearch:
+    """Strong-Wolfe search along ``direction`` (Nocedal & Wright, Algorithms 3.5 and 3.6).
+
+    Non-finite trial points shrink the bracket, as an overshoot would.
+    """
+
+    fun: Objective
     x: Tensor
     value: float
     grad: Tensor
-    converged: bool
-    message: str
-    iterations: int = 0
-    evaluations: int = 0
-    path: list[Tensor] = field(default_factory=list)
-    path_grads: list[Tensor] = field(default_factory=list)
-    path_values: list[float] = field(default_factory=list)
+    direction: Tensor
+    max_evals: int
+    c2: float
+    num_evals: int = 0
+    num_backoffs: int = 0
+
+    def _eval(self, t: float) -> tuple[float, Tensor, float]:
+        self.num_evals += 1
+        value, grad = self.fun(self.x + t * self.direction)
+        if not _finite(value, grad):
+            self.num_backoffs += 1
+            return math.nan, grad, math.nan
+        return value, grad, float(grad @ self.direction)
+
+    def run(self, t: float) -> tuple[float, float, Tensor] | None:
+        """``(t, f, g)`` of a point meeting the strong Wolfe conditions (or, failing that,
+        the best point with sufficient decrease), or ``None`` when none decreases ``f``."""
+        f0, slope0 = self.value, float(self.grad @ self.direction)
+        best: tuple[float, float, Tensor] | None = None
+        t_prev, f_prev, slope_prev = 0.0, f0, slope0
+        while self.num_evals < self.max_evals:
+            f, g, slope = self._eval(t)
+            if math.isnan(f) or f > f0 + WOLFE_C1 * t * slope0 or (t_prev > 0 and f >= f_prev):
+                # Overshoot (or a non-finite point: back off towards the last good one).
+                return self._zoom((t_prev, f_prev, slope_prev), (t, f), best, f0, slope0)
+            best = (t, f, g)
+            if abs(slope) <= -self.c2 * slope0:
+                return best
+            if slope >= 0:
+                return self._zoom((t, f, slope), (t_prev, f_prev), best, f0, slope0)
+            t_prev, f_prev, slope_prev = t, f, slope
+            t *= 2.0
+        return best
+
+    def _zoom(
+        self,
+        lo: tuple[float, float, float],
+        hi: tuple[float, float],
+        best: tuple[float, float, Tensor] | None,
+        f0: float,
+        slope0: float,
+    ) -> tuple[float, float, Tensor] | None:
+        """Shrink the bracket ``[lo, hi]`` (``lo`` = (t, f, slope) with sufficient decrease,
+        ``hi`` = (t, f), ``f`` NaN where it was not finite) to a strong-Wolfe point."""
+        (t_lo, f_lo, slope_lo), (t_hi, f_hi) = lo, hi
+        while self.num_evals < self.max_evals:
+            width = t_hi - t_lo
+            if abs(width) <= 1e-12 * max(abs(t_lo), abs(t_hi)):
+                break
+            # Minimiser of the quadratic through (t_lo, f_lo, slope_lo) and (t_hi, f_hi),
+            # kept inside the middle 80% of the bracket; bisection when f_hi is not finite.
+            t = t_lo + 0.5 * width
+            if math.isfinite(f_hi):
+                curvature = 2.0 * (f_hi - f_lo - slope_lo * width)
+                if curvature > 0:
+                    t = t_lo - slope_lo * width * width / curvature
+            edge_a, edge_b = sorted((t_lo + 0.1 * width, t_hi - 0.1 * width))
+            t = min(max(t, edge_a), edge_b)
+            f, g, slope = self._eval(t)
+            if math.isnan(f) or f > f0 + WOLFE_C1 * t * slope0 or f >= f_lo:
+                t_hi, f_hi = t, f
+                continue
+            best = (t, f, g)
+            if abs(slope) <= -self.c2 * slope0:
+                return best
+            if slope * (t_hi - t_lo) >= 0:
+                t_hi, f_hi = t_lo, f_lo
+            t_lo, f_lo, slope_lo = t, f, slope
+        return best if best is not None and best[1] < f0 else None
 
 
-def value_and_grad(fn: Callable[[Tensor], Tensor]) -> Objective:
-    """``x -> (fn(x), grad fn(x))`` by autograd, for a scalar ``fn`` of a vector ``x``."""
-
-    def evaluate(x: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            point = x.detach().requires_grad_(True)
-            value = fn(point)
-            if not bool(torch.isfinite(value)):
-                return value.detach(), torch.full_like(point, math.nan)
-            (grad,) = torch.autograd.grad(value, point)
-        return value.detach(), grad.detach()
-
-    return evaluate
-
-
-def _finite(value: Tensor, grad: Tensor) -> bool:
-    return bool(torch.isfinite(value)) and bool(torch.isfinite(grad).all())
-
-
-def _direction(grad: Tensor, pairs: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """:math:`-H_k \\nabla f` by the two-loop recursion; ``pairs`` holds ``(s, y, 1/s'y)``."""
-    q = grad.clone()
-    alphas = []
-    for s, y, rho in reversed(pairs):
-        alpha = rho * (s @ q)
-        q -= alpha * y
-        alphas.append(alpha)
-    if pairs:
-        s, y, _ = pairs[-1]
-        q *= (s @ y) / (y @ y)
-    for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
-        beta = rho * (y @ q)
-        q += (alpha - beta) * s
-    return -q
-
-
-def minimize_lbfgs(
+def lbfgs(
     fun: Objective,
     x0: Tensor,
     *,
-    history: int = 10,
-    max_iter: int = 1000,
-    max_evals: int | None = None,
-    rel_tol: float = 1e-12,
-    grad_tol: float = 1e-9,
-    keep_path: bool = False,
-    c1: float = 1e-4,
+    history_size: int = 5,
+    max_iters: int = 1000,
+    tol_rel_obj: float = 1e-12,
+    tol_rel_grad: float = 1e-8,
+    max_line_search: int = 30,
+    wolfe_c2: float = 0.9,
+    initial: tuple[float, Tensor] | None = None,
+    callback: Callable[[LBFGSIterate], None] | None = None,
 ) -> LBFGSResult:
-    """Minimise ``fun`` (``x -> (f(x), grad f(x))``) from ``x0``; see the module docstring.
+    """Minimise ``fun`` from ``x0`` by L-BFGS; see the module docstring.
 
     Args:
-        fun: value and gradient; non-finite values are allowed anywhere but at ``x0``.
-        x0: the start, a 1-D tensor.
-        history: pairs kept for the inverse-Hessian approximation.
-        max_iter: accepted steps at most.
-        max_evals: calls of ``fun`` at most (default ``20 * max_iter``).
-        rel_tol: stop when :math:`|f_{k} - f_{k+1}| \\le` ``rel_tol`` :math:`\\max(|f_k|, 1)`
-            on two steps in a row.
-        grad_tol: stop when :math:`\\|\\nabla f\\|_\\infty \\le` ``grad_tol``.
-        keep_path: keep every accepted iterate and its gradient (Pathfinder needs them).
-        c1: the Armijo constant.
+        fun: ``x (D,) float64 -> (f(x), grad f(x))``; non-finite values are allowed
+            anywhere except at ``x0``.
+        x0: start, ``(D,)``.
+        history_size: :math:`J`, the pairs kept.
+        max_iters: iterations at most.
+        tol_rel_obj, tol_rel_grad: stopping tolerances (see the module docstring).
+        max_line_search: evaluations per line search at most.
+        wolfe_c2: curvature constant of the strong Wolfe conditions,
+            :math:`|\\nabla f(x + td)^\\top d| \\le c_2 |\\nabla f(x)^\\top d|`: 0.9 (the usual
+            quasi-Newton choice) accepts most unit steps; smaller values search closer to the
+            minimum along :math:`d`, at more evaluations per iteration.
+        initial: ``fun(x0)`` if the caller has it already (saves one evaluation).
+        callback: called with every accepted iterate, the start included.
 
-    Raises:
-        ValueError: if ``f`` or its gradient is not finite at ``x0``.
+    Returns:
+        :class:`LBFGSResult`.
+
+    Example:
+        >>> A = torch.diag(torch.tensor([1.0, 10.0], dtype=torch.float64))
+        >>> res = lbfgs(lambda x: (float(x @ A @ x / 2), A @ x), torch.ones(2))
+        >>> bool(res.iterate.x.abs().max() < 1e-5)
+        True
     """
-    max_evals = 20 * max_iter if max_evals is None else max_evals
-    x = x0.detach().clone()
-    value, grad = fun(x)
-    evaluations = 1
+    if isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1:
+        raise ValueError(f"history_size must be a positive int, got {history_size!r}")
+    if not WOLFE_C1 < wolfe_c2 < 1:
+        raise ValueError(f"wolfe_c2 must lie in ({WOLFE_C1}, 1), got {wolfe_c2!r}")
+    x = x0.detach().to(torch.float64).clone()
+    value, grad = fun(x) if initial is None else (float(initial[0]), initial[1].to(x))
     if not _finite(value, grad):
-        raise ValueError("the objective or its gradient is not finite at the starting point")
-    result = LBFGSResult(x, float(value), grad, False, "", 0, 0)
-    if keep_path:
-        result.path, result.path_grads, result.path_values = [x.clone()], [grad], [float(value)]
-    pairs: list[tuple[Tensor, Tensor, Tensor]] = []
-    small_changes = 0
-    eps = torch.finfo(x.dtype).eps
-    message = f"reached max_iter={max_iter}"
-    converged = False
-    iteration = 0
-    for iteration in range(1, max_iter + 1):  # noqa: B007 (used after the loop)
-        if float(grad.abs().max()) <= grad_tol:
-            converged, message = True, "gradient below grad_tol"
-            iteration -= 1
+        raise ValueError(
+            "the objective or its gradient is not finite at the start; choose a start where "
+            "log p is finite"
+        )
+    dim = x.shape[0]
+    s_hist: list[Tensor] = []
+    y_hist: list[Tensor] = []
+    alpha = torch.ones(dim, dtype=torch.float64, device=x.device)
+    num_evals, num_backoffs, num_skipped = int(initial is None), 0, 0
+    values = [value]
+
+    def iterate(index: int) -> LBFGSIterate:
+        empty = x.new_zeros(dim, 0)
+        s = torch.stack(s_hist, 1) if s_hist else empty
+        y = torch.stack(y_hist, 1) if y_hist else empty
+        return LBFGSIterate(index, x.clone(), value, grad.clone(), s, y, alpha.clone())
+
+    current = iterate(0)
+    if callback is not None:
+        callback(current)
+    stop = "max_iters"
+    if float(grad.abs().max()) / max(abs(value), 1.0) < tol_rel_grad:
+        return LBFGSResult(current, 0, num_evals, 0, 0, "tol_rel_grad", values)
+    for k in range(1, max_iters + 1):
+        if s_hist:
+            direction = -two_loop_direction(grad, current.s, current.y, alpha)
+            t0 = 1.0
+        else:
+            direction = -grad
+            # First step: a unit-length move, as in Nocedal & Wright's L-BFGS.
+            t0 = 1.0 / max(float(grad.norm()), 1e-300)
+        if float(grad @ direction) >= 0:  # H lost positive definiteness to rounding
+            s_hist.clear()
+            y_hist.clear()
+            direction, t0 = -grad, 1.0 / max(float(grad.norm()), 1e-300)
+        search = _LineSearch(fun, x, value, grad, direction, max_line_search, wolfe_c2)
+        found = search.run(t0)
+        num_evals += search.num_evals
+        num_backoffs += search.num_backoffs
+        if found is None:
+            stop = "no_decrease"
             break
-        direction = _direction(grad, pairs)
-        slope = float(grad @ direction)
-        if not slope < 0:  # not a descent direction (rounding): restart from steepest descent
-            pairs.clear()
-            direction, slope = -grad, -float(grad @ grad)
-        # First step of a fresh memory: a unit step along -g can be absurd on badly scaled
-        # problems, so it is bounded to a move of 1 in the largest coordinate.
-        step = 1.0 if pairs else min(1.0, 1.0 / max(float(direction.abs().max()), 1e-300))
-        accepted = False
-        while evaluations < max_evals:
-            candidate = x + step * direction
-            new_value, new_grad = fun(candidate)
-            evaluations += 1
-            if (
-                _finite(new_value, new_grad)
-                and float(new_value) <= float(value) + c1 * step * slope
-            ):
-                accepted = True
-                break
-            if _finite(new_value, new_grad):
-                # Minimiser of the quadratic through f(x), f'(x; d) and f(x + t d), kept in
-                # [0.1 t, 0.5 t] so that the search neither stalls nor overshoots.
-                denom = 2.0 * (float(new_value) - float(value) - slope * step)
-                trial = -slope * step * step / denom if denom > 0 else 0.5 * step
-                step = min(max(trial, 0.1 * step), 0.5 * step)
-            else:
-                step *= 0.5
-            if step * float(direction.abs().max()) <= eps * max(float(x.abs().max()), 1.0):
-                break
-        if not accepted:
-            message = (
-                "line search found no decrease (at a minimum to rounding, or the objective "
-                "is not finite near the iterate)"
-            )
-            converged = float(grad.abs().max()) <= math.sqrt(grad_tol) or small_changes > 0
-            iteration -= 1
+        t, new_value, new_grad = found
+        s, y = t * direction, new_grad - grad
+        if float(s @ y) > CURVATURE_EPS * float(y @ y):
+            s_hist.append(s)
+            y_hist.append(y)
+            if len(s_hist) > history_size:
+                s_hist.pop(0)
+                y_hist.pop(0)
+            alpha = update_diagonal(alpha, s, y)
+        else:
+            num_skipped += 1
+        old_value = value
+        x, value, grad = x + s, new_value, new_grad
+        values.append(value)
+        current = iterate(k)
+        if callback is not None:
+            callback(current)
+        if abs(old_value - value) / max(abs(old_value), abs(value), 1.0) < tol_rel_obj:
+            stop = "tol_rel_obj"
             break
-        s, y = candidate - x, new_grad - grad
-        sy = float(s @ y)
-        if sy > eps * float(y @ y):
-            pairs.append((s, y, torch.as_tensor(1.0 / sy, dtype=x.dtype)))
-            if len(pairs) > history:
-                pairs.pop(0)
-        change = abs(float(value) - float(new_value))
-        x, value, grad = candidate, new_value, new_grad
-        if keep_path:
-            result.path.append(x.clone())
-            result.path_grads.append(grad)
-            result.path_values.append(float(value))
-        small_changes = small_changes + 1 if change <= rel_tol * max(abs(float(value)), 1.0) else 0
-        if small_changes >= 2:
-            converged, message = True, "relative change of the objective below rel_tol"
+        if float(grad.abs().max()) / max(abs(value), 1.0) < tol_rel_grad:
+            stop = "tol_rel_grad"
             break
-        if evaluations >= max_evals:
-            message = f"reached max_evals={max_evals}"
-            break
-    result.x, result.value, result.grad = x, float(value), grad
-    result.converged, result.message = converged, message
-    result.iterations, result.evaluations = iteration, evaluations
-    return result
+    return LBFGSResult(current, current.index, num_evals, num_backoffs, num_skipped, stop, values)

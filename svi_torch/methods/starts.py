@@ -24,7 +24,8 @@ sometimes no maximum at all. :func:`find_map` therefore
    default initialisation); a start where the log density or its gradient is not finite is
    redrawn, in shrinking boxes;
 3. runs an L-BFGS whose line search backs off non-finite values
-   (:func:`~svi_torch.methods.lbfgs.minimize_lbfgs`) from each, and keeps the best;
+   (:func:`~svi_torch.methods.lbfgs.lbfgs`, the one Pathfinder runs) from each, and keeps
+   the best;
 4. polishes it with damped Newton steps (:math:`D \\le` :data:`LAPLACE_MAX_DIM`): the exact
    Hessian with its eigenvalues floored (a descent direction even where the log joint is not
    concave) and a backtracking line search, which L-BFGS needs on posteriors whose scales
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +56,7 @@ from ..curvature import gradient_and_hessian
 from ..families.base import VariationalFamily
 from ..families.gaussian import GaussianFamily
 from ..models.base import Model
-from .lbfgs import minimize_lbfgs, value_and_grad
+from .lbfgs import lbfgs
 
 __all__ = [
     "INITS",
@@ -147,10 +149,26 @@ def _full_log_density(model: Model):  # noqa: ANN202 (a closure)
     return log_density
 
 
+def _objective(model: Model, scale: float) -> Callable[[Tensor], tuple[float, Tensor]]:
+    """``x -> (-log p(x, D) / scale, its gradient)`` in float64, the model in its own dtype."""
+    dtype = model.dtype
+
+    def evaluate(x: Tensor) -> tuple[float, Tensor]:
+        with torch.enable_grad():
+            point = x.detach().to(dtype).requires_grad_(True)
+            value = -model.full_log_joint(point.unsqueeze(0))[0] / scale
+            if not bool(torch.isfinite(value)):
+                return math.nan, torch.full_like(x, math.nan)
+            (grad,) = torch.autograd.grad(value, point)
+        return float(value.detach()), grad.detach().to(x)
+
+    return evaluate
+
+
 def _feasible(model: Model, z: Tensor) -> bool:
     """Whether the log joint and its gradient are finite at ``z``."""
-    value, grad = value_and_grad(lambda x: model.full_log_joint(x.unsqueeze(0))[0])(z)
-    return bool(torch.isfinite(value)) and bool(torch.isfinite(grad).all())
+    value, grad = _objective(model, 1.0)(z.double())
+    return math.isfinite(value) and bool(torch.isfinite(grad).all())
 
 
 def _feasible_start(
@@ -207,7 +225,7 @@ def find_map(
         start = torch.zeros(dim, dtype=like.dtype, device=like.device)
     start = start.detach().to(like)
     norm = float(max(model.num_data, 1))
-    objective = value_and_grad(lambda z: -model.full_log_joint(z.unsqueeze(0))[0] / norm)
+    objective = _objective(model, norm)
     evaluations, runs = 0, 0
     candidates = []
     starts: list[Tensor] = [start] if _feasible(model, start) else []
@@ -223,25 +241,26 @@ def find_map(
         raise _no_finite_point(model)
     for point in starts:
         try:
-            result = minimize_lbfgs(objective, point, max_iter=max_iter)
+            result = lbfgs(objective, point.double(), history_size=10, max_iters=max_iter)
         except ValueError:
             continue  # not finite at the start after all (a density that changes, NaN rows)
-        evaluations += result.evaluations
+        evaluations += result.num_evals
         runs += 1
         candidates.append(result)
     if not candidates:
         raise _no_finite_point(model)
-    best = min(candidates, key=lambda r: r.value if math.isfinite(r.value) else math.inf)
-    z = best.x
+    best = min(candidates, key=lambda r: _finite_or_inf(r.iterate.value))
+    z = best.iterate.x.to(like)
     if not newton:
-        value = -best.value * norm
+        value = -best.iterate.value * norm
+        converged = best.stop_reason in ("tol_rel_obj", "tol_rel_grad")
         reason = (
-            f"L-BFGS: {best.message}"
-            if best.converged
-            else f"not a MAP: L-BFGS stopped without meeting its tolerances ({best.message})"
+            f"L-BFGS: {best.stop_reason}"
+            if converged
+            else f"not a MAP: L-BFGS stopped without meeting its tolerances ({best.stop_reason})"
         )
         return MapEstimate(
-            z, value, best.converged, reason, None, None, evaluations, runs,
+            z, value, converged, reason, None, None, evaluations, runs,
             time.perf_counter() - began,
         )  # fmt: skip
     z, value, precision, decrement, newton_evals, message = _newton_polish(model, z)
@@ -272,6 +291,10 @@ def find_map(
         z, value, converged, reason, precision, decrement, evaluations, runs,
         time.perf_counter() - began,
     )  # fmt: skip
+
+
+def _finite_or_inf(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
 
 
 def _no_finite_point(model: Model) -> ValueError:
@@ -313,7 +336,8 @@ def _newton_polish(
         floored = evals.clamp_min(floor)
         direction = evecs @ ((evecs.mT @ grad) / floored)
         decrement = float(grad @ direction)
-        tolerance = max(1e-8, 10 * torch.finfo(z.dtype).eps * max(abs(value), 1.0))
+        # Newton decrement ~ 2 x (nats to the maximum): stop at rounding level.
+        tolerance = 1e-2 * torch.finfo(z.dtype).eps * max(abs(value), 1.0)
         if decrement <= tolerance:
             return z, value, precision, decrement, evaluations, "Newton decrement below rounding"
         size, accepted = 1.0, False

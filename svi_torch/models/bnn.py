@@ -107,10 +107,25 @@ class BayesianNeuralNetwork(Model):
         )
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        return self.pointwise_log_likelihood(params, batch).sum(-1)
+
+    def pointwise_log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """:math:`\\log p(y_i \\mid f_\\theta(x_i))` per point: shape ``S + (B,)``."""
         f = self.predict(params, batch["X"])
         if self.likelihood == "classification":
-            return (batch["y"] * f - F.softplus(f)).sum(-1)
-        return normal_log_prob(batch["y"], f, self.noise_scale).sum(-1)
+            return batch["y"] * f - F.softplus(f)
+        return normal_log_prob(batch["y"], f, self.noise_scale)
+
+    def simulate(
+        self, params: Mapping[str, Tensor], batch: Batch | None = None
+    ) -> dict[str, Tensor]:
+        """:math:`y_i \\sim \\mathcal{N}(f_\\theta(x_i), \\sigma^2)` or
+        :math:`\\mathrm{Bernoulli}(\\mathrm{sigmoid}(f_\\theta(x_i)))` at the rows of
+        ``batch["X"]`` (the fitted inputs when ``None``): ``{"y": S + (B,)}``."""
+        f = self.predict(params, (self.data if batch is None else batch)["X"])
+        if self.likelihood == "classification":
+            return {"y": torch.bernoulli(torch.sigmoid(f))}
+        return {"y": f + self.noise_scale * torch.randn_like(f)}
 
 
 def bnn_data(

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.distributions import HalfNormal, MultivariateNormal, Normal, constraints
 
-from ..data import Batch, as_tensor
+from ..data import Batch, as_tensor, batch_length
 from .base import ConjugateModel
 
 __all__ = ["NormalMean", "BayesianLinearRegression"]
@@ -57,8 +57,28 @@ class NormalMean(ConjugateModel):
         return Normal(self.prior_loc, self.prior_scale).log_prob(params["mu"])
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        return self.pointwise_log_likelihood(params, batch).sum(-1)
+
+    def pointwise_log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """:math:`\\log \\mathcal{N}(x_i; \\mu, \\sigma^2)` per point: shape ``S + (B,)``."""
         mu = params["mu"].unsqueeze(-1)
-        return Normal(mu, self.noise_scale).log_prob(batch["x"]).sum(-1)
+        return Normal(mu, self.noise_scale).log_prob(batch["x"])
+
+    def simulate(
+        self, params: Mapping[str, Tensor], batch: Batch | None = None
+    ) -> dict[str, Tensor]:
+        """:math:`x_i \\sim \\mathcal{N}(\\mu, \\sigma^2)`, one per row of ``batch`` (its ``x`` only
+        gives the count): ``{"x": S + (B,)}``."""
+        batch = self.data if batch is None else batch
+        mu = params["mu"].unsqueeze(-1)
+        shape = mu.shape[:-1] + (batch_length(batch),)
+        return {"x": mu + self.noise_scale * torch.randn(shape, dtype=mu.dtype, device=mu.device)}
+
+    def exact_posterior_predictive(self) -> Normal:
+        """:math:`p(\\tilde x \\mid D) = \\mathcal{N}(\\mu_N, s_N^2 + \\sigma^2)` for one new point."""
+        posterior = self.exact_posterior()
+        variance = posterior.covariance_matrix[0, 0] + self.noise_scale**2
+        return Normal(posterior.mean[0], variance.sqrt())
 
     def exact_posterior(self) -> MultivariateNormal:
         x = self.x
@@ -130,9 +150,28 @@ class BayesianLinearRegression(ConjugateModel):
         return lp
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
-        mean = params["beta"] @ batch["X"].mT  # (S, B)
+        return self.pointwise_log_likelihood(params, batch).sum(-1)
+
+    def _mean_and_noise(
+        self, params: Mapping[str, Tensor], X: Tensor
+    ) -> tuple[Tensor, Tensor | float]:
+        mean = params["beta"] @ X.mT  # (S, B)
         sigma = self.noise_scale if self.noise_scale is not None else params["sigma"][..., None]
-        return Normal(mean, sigma).log_prob(batch["y"]).sum(-1)
+        return mean, sigma
+
+    def pointwise_log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """:math:`\\log \\mathcal{N}(y_i; x_i^\\top\\beta, \\sigma^2)` per point: ``S + (B,)``."""
+        mean, sigma = self._mean_and_noise(params, batch["X"])
+        return Normal(mean, sigma).log_prob(batch["y"])
+
+    def simulate(
+        self, params: Mapping[str, Tensor], batch: Batch | None = None
+    ) -> dict[str, Tensor]:
+        """:math:`y_i \\sim \\mathcal{N}(x_i^\\top\\beta, \\sigma^2)` at the rows of ``batch["X"]``
+        (the fitted design when ``None``): ``{"y": S + (B,)}``."""
+        X = (self.data if batch is None else batch)["X"]
+        mean, sigma = self._mean_and_noise(params, X)
+        return {"y": mean + sigma * torch.randn_like(mean)}
 
     def _require_conjugate(self) -> float:
         if self.noise_scale is None:
@@ -155,6 +194,19 @@ class BayesianLinearRegression(ConjugateModel):
             (self.X.mT @ self.y / sigma**2).unsqueeze(-1), torch.linalg.cholesky(precision)
         ).squeeze(-1)
         return MultivariateNormal(mean, precision_matrix=precision)
+
+    def exact_posterior_predictive(self, X_new: object | None = None) -> MultivariateNormal:
+        """:math:`p(\\tilde y \\mid D) = \\mathcal{N}(\\tilde X m_N,\\ \\tilde X \\Lambda^{-1}
+        \\tilde X^\\top + \\sigma^2 I)`, jointly over the rows of ``X_new`` (default: the fitted
+        design), with :math:`m_N` and :math:`\\Lambda` the posterior mean and precision."""
+        sigma = self._require_conjugate()
+        X = self.X if X_new is None else as_tensor(X_new, "X_new").to(self.X)
+        if X.dim() != 2 or X.shape[1] != self.X.shape[1]:
+            raise ValueError(f"X_new must have shape (M, {self.X.shape[1]}), got {tuple(X.shape)}")
+        posterior = self.exact_posterior()
+        cov = X @ posterior.covariance_matrix @ X.mT
+        cov = cov + sigma**2 * torch.eye(X.shape[0], dtype=X.dtype, device=X.device)
+        return MultivariateNormal(X @ posterior.mean, cov)
 
     def log_evidence(self) -> Tensor:
         """:math:`\\log p(y) = \\log p(y\\mid\\beta) + \\log p(\\beta) - \\log p(\\beta\\mid y)`,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -50,5 +51,17 @@ class BayesianLogisticRegression(Model):
         return normal_log_prob(params["beta"], 0.0, self.prior_scale).sum(-1)
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        return self.pointwise_log_likelihood(params, batch).sum(-1)
+
+    def pointwise_log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """:math:`y_i \\eta_i - \\log(1 + e^{\\eta_i})` per point: shape ``S + (B,)``."""
         logits = params["beta"] @ batch["X"].mT  # (S, B)
-        return (batch["y"] * logits - F.softplus(logits)).sum(-1)
+        return batch["y"] * logits - F.softplus(logits)
+
+    def simulate(
+        self, params: Mapping[str, Tensor], batch: Batch | None = None
+    ) -> dict[str, Tensor]:
+        """:math:`y_i \\sim \\mathrm{Bernoulli}(\\mathrm{sigmoid}(x_i^\\top\\beta))` at the rows of
+        ``batch["X"]`` (the fitted design when ``None``): ``{"y": S + (B,)}`` of 0/1 values."""
+        X = (self.data if batch is None else batch)["X"]
+        return {"y": torch.bernoulli(torch.sigmoid(params["beta"] @ X.mT))}

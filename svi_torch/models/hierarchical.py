@@ -60,9 +60,26 @@ class EightSchools(Model):
         )
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
-        school = batch["school"].long()
-        theta = self.theta(params)[..., school]
-        return Normal(theta, batch["sigma"]).log_prob(batch["y"]).sum(-1)
+        return self.pointwise_log_likelihood(params, batch).sum(-1)
+
+    def pointwise_log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """:math:`\\log \\mathcal{N}(y_j; \\theta_j, \\sigma_j^2)` per school of the batch."""
+        theta = self.theta(params)[..., batch["school"].long()]
+        return Normal(theta, batch["sigma"]).log_prob(batch["y"])
+
+    def simulate(
+        self, params: Mapping[str, Tensor], batch: Batch | None = None
+    ) -> dict[str, Tensor]:
+        """:math:`y_j \\sim \\mathcal{N}(\\theta_j, \\sigma_j^2)` for the rows of ``batch``, which
+        name a ``school`` (index) and its standard error ``sigma``; ``None``: the fitted
+        schools. Returns ``{"y": S + (B,)}``."""
+        batch = self.data if batch is None else batch
+        theta = self.theta(params)[..., batch["school"].long()]
+        return {"y": theta + batch["sigma"] * torch.randn_like(theta)}
+
+    def derived(self, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The school effects ``theta`` (see :meth:`theta`)."""
+        return {"theta": self.theta(params)}
 
     def theta(self, params: Mapping[str, Tensor]) -> Tensor:
         """School effects :math:`\\theta_j = \\mu + \\tau\\tilde\\theta_j`."""

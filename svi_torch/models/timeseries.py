@@ -75,8 +75,25 @@ class AutoRegressive(Model):
         )
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
-        mean = params["alpha"][..., None] + params["beta"] @ batch["lags"].mT
-        return Normal(mean, params["sigma"][..., None]).log_prob(batch["target"]).sum(-1)
+        return self.pointwise_log_likelihood(params, batch).sum(-1)
+
+    def _one_step_mean(self, params: Mapping[str, Tensor], lags: Tensor) -> Tensor:
+        return params["alpha"][..., None] + params["beta"] @ lags.mT
+
+    def pointwise_log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
+        """:math:`\\log \\mathcal{N}(y_t; \\alpha + \\beta^\\top y_{t-K:t-1}, \\sigma^2)` per row."""
+        mean = self._one_step_mean(params, batch["lags"])
+        return Normal(mean, params["sigma"][..., None]).log_prob(batch["target"])
+
+    def simulate(
+        self, params: Mapping[str, Tensor], batch: Batch | None = None
+    ) -> dict[str, Tensor]:
+        """One-step-ahead draws :math:`y_t \\sim \\mathcal{N}(\\alpha + \\beta^\\top y_{t-K:t-1},
+        \\sigma^2)` given each row's observed ``lags`` (shape ``(B, K)``, most recent first);
+        ``None``: the fitted rows. Returns ``{"target": S + (B,)}``."""
+        lags = (self.data if batch is None else batch)["lags"]
+        mean = self._one_step_mean(params, lags)
+        return {"target": mean + params["sigma"][..., None] * torch.randn_like(mean)}
 
 
 def lag_matrix(y: Tensor, order: int) -> Tensor:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from torch.distributions import (
 
 from ..families.base import VariationalFamily
 from ..models.base import ConjugateModel, Model
+from ..posterior.draws import element_names as _element_names
 
 __all__ = [
     "TrainingMonitor",
@@ -317,58 +318,91 @@ def marginals_figure(
     prior: Distribution | None = None,
     max_panels: int = 12,
     num_samples: int = 4000,
+    reference: Mapping[str, Tensor] | None = None,
+    seed: int | None = 0,
 ) -> Any:
-    """Marginals of :math:`q` over each unconstrained coordinate against a reference.
+    """Marginals of :math:`q` over each constrained scalar (and derived quantity).
 
-    The reference is the exact posterior when known (its marginal :math:`\\mathcal{N}(m_d,
-    \\Sigma_{dd})`), else the prior; draws are histogrammed when no closed form exists.
+    Draws :math:`z_s \\sim q` are mapped through the model's constraining transform,
+    :math:`\\theta_s = T(z_s)` (so a positive parameter such as eight schools' :math:`\\tau`
+    is shown as :math:`\\tau`, not :math:`\\log\\tau`), and the model's derived quantities
+    are added. Each panel compares :math:`q` with a reference: ``reference`` (constrained
+    draws by name, e.g. NUTS draws), else the exact posterior over :math:`z` (draws mapped
+    the same way), else the prior. Densities are drawn in closed form where the parameter
+    is unconstrained and the distribution Gaussian, as histograms of the draws otherwise.
     Returns a ``matplotlib.figure.Figure`` (no pyplot state, safe in threads and servers).
     """
     from matplotlib.figure import Figure
 
-    names = model.flat_names()
-    if len(names) != model.dim:
-        names = [f"z[{d}]" for d in range(model.dim)]
-    panels = min(model.dim, max_panels)
+    from ..posterior.draws import constrained_draws, draw_latents, flat_draws, seeded
+
+    z, _ = draw_latents(family, num_samples, seed)
+    names, q_flat = flat_draws(constrained_draws(model, z), num_samples)
+    ref_flat, label, ref_names = None, None, []
+    ref_gauss = None
+    if reference is not None:
+        ref_size = next(iter(reference.values())).shape[0]
+        ref_names, ref_flat = flat_draws(dict(reference), ref_size)
+        label = "reference"
+    else:
+        dist, label = (posterior, "exact posterior") if posterior is not None else (prior, "prior")
+        if dist is not None:
+            with torch.no_grad(), seeded(None if seed is None else seed + 1):
+                ref_z = dist.sample((num_samples,)).to(z)
+            ref_names, ref_flat = flat_draws(constrained_draws(model, ref_z), num_samples)
+            if isinstance(dist, MultivariateNormal):
+                ref_gauss = dist
+    columns = {name: j for j, name in enumerate(ref_names)}
+    # Constrained scalars that *are* coordinates of z (real-line parameters): closed forms.
+    coordinate = {}
+    for spec in model.param_specs.values():
+        if spec.is_identity:
+            for k, name in enumerate(_element_names(spec.name, spec.shape)):
+                coordinate[name] = spec.offset + k
+    q_gauss = _gaussian(family)
+    panels = min(len(names), max_panels)
     cols = min(panels, 4)
     rows = -(-panels // cols)
     fig = Figure(figsize=(3.2 * cols, 2.4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
-    with torch.no_grad():
-        q_draws = family.sample(num_samples).double().cpu()
-        reference, label = (
-            (posterior, "exact posterior") if posterior is not None else (prior, "prior")
-        )
-        ref_draws = None
-        if reference is not None and not isinstance(reference, MultivariateNormal):
-            ref_draws = reference.sample((num_samples,)).double().cpu()
-        q_gauss = _gaussian(family)
-    for d, ax in enumerate(axes):
-        if d >= panels:
+    for j, ax in enumerate(axes):
+        if j >= panels:
             ax.set_visible(False)
             continue
-        lo, hi = q_draws[:, d].quantile(0.001).item(), q_draws[:, d].quantile(0.999).item()
-        ref_mean = ref_sd = None
-        if isinstance(reference, MultivariateNormal):
-            ref_mean = reference.loc[d].double().item()
-            ref_sd = reference.covariance_matrix[d, d].double().sqrt().item()
-            lo, hi = min(lo, ref_mean - 4 * ref_sd), max(hi, ref_mean + 4 * ref_sd)
+        name = names[j]
+        q_col = q_flat[:, j].cpu()
+        ref_col = ref_flat[:, columns[name]].cpu() if name in columns else None
+        lo, hi = q_col.quantile(0.001).item(), q_col.quantile(0.999).item()
+        if ref_col is not None and label != "prior":
+            lo = min(lo, ref_col.quantile(0.001).item())
+            hi = max(hi, ref_col.quantile(0.999).item())
         grid = torch.linspace(lo, hi, 300, dtype=torch.float64)
-        if q_gauss is not None:
-            m, s = q_gauss.loc[d].item(), q_gauss.covariance_matrix[d, d].sqrt().item()
-            ax.plot(grid, _normal_pdf(grid, m, s), color="C0", label="q")
+        d = coordinate.get(name)
+        if q_gauss is not None and d is not None:
+            m, sd = q_gauss.loc[d].item(), q_gauss.covariance_matrix[d, d].sqrt().item()
+            ax.plot(grid, _normal_pdf(grid, m, sd), color="C0", label="q")
         else:
-            ax.hist(q_draws[:, d], bins=60, density=True, color="C0", alpha=0.5, label="q")
-        if ref_mean is not None:
-            ax.plot(grid, _normal_pdf(grid, ref_mean, ref_sd), "--", color="k", label=label)
-        elif ref_draws is not None:
-            ax.hist(ref_draws[:, d], bins=60, density=True, histtype="step", color="k", label=label)
-        ax.set_title(names[d], fontsize=9)
+            ax.hist(q_col, bins=60, range=(lo, hi), density=True, color="C0", alpha=0.5, label="q")
+        if ref_gauss is not None and d is not None:
+            m = ref_gauss.loc[d].double().item()
+            sd = ref_gauss.covariance_matrix[d, d].double().sqrt().item()
+            ax.plot(grid, _normal_pdf(grid, m, sd), "--", color="k", label=label)
+        elif ref_col is not None:
+            ax.hist(
+                ref_col,
+                bins=60,
+                range=(lo, hi),
+                density=True,
+                histtype="step",
+                color="k",
+                label=label,
+            )
+        ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
-        if d == 0:
+        if j == 0:
             ax.legend(fontsize=7)
-    title = "marginals of q (unconstrained z)"
-    if reference is None:
+    title = "marginals of q (constrained parameters and derived quantities)"
+    if ref_flat is None:
         title += "; no reference distribution known"
     fig.suptitle(title, fontsize=10)
     return fig

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..families.base import VariationalFamily
 from ..models.base import Model
+from ..posterior.draws import DEFAULT_SEED, constrained_draws, draw_latents, seeded
+from ..posterior.predictive import pointwise_log_likelihood, posterior_predictive
+from ..posterior.summary import SummaryTable, summary_table
 
 if TYPE_CHECKING:
     from ..diagnostics import Diagnostics
@@ -37,9 +43,15 @@ class Decision:
     seconds: float = 0.0
 
 
-@dataclass
+@dataclass(repr=False)
 class FitResult:
-    """Outcome of a training run.
+    """Outcome of a training run, and the start of what comes after it.
+
+    Every method that draws takes ``seed`` (default :data:`DEFAULT_SEED`, so the same call
+    gives the same figures; ``None`` draws from the global RNG). Seeded calls run under a
+    forked RNG and never change the global stream. All of them use the same draws for the
+    same ``num_samples`` and ``seed``: ``sample``, the summaries, the predictive, the per-point
+    log likelihood and the ArviZ export describe the very same :math:`z_s \\sim q`.
 
     Attributes:
         family: the trained family (averaged iterates when averaging ran).
@@ -56,8 +68,17 @@ class FitResult:
             MAP search included.
         interrupted_by: the signal that paused the run, or None.
         decisions: what the method tried, in order (see :class:`Decision`).
-        diagnostics: the final PSIS k-hat, importance-weighted evidence and ELBO, where the
-            method computed them (the automatic method does).
+        diagnostics: the final PSIS k-hat, importance-weighted evidence and ELBO: the last
+            :meth:`diagnose` at its defaults, or the automatic method's (``None`` until computed;
+            stored by :meth:`save` and restored by :func:`~svi_torch.load_result`).
+        config: the resolved config of a CLI run (``None`` for a fit from Python); what
+            rebuilds the model when the result is loaded.
+
+    Example:
+        >>> result = st.fit(model, family)  # doctest: +SKIP
+        >>> print(result.summary())  # doctest: +SKIP
+        >>> result.predictive(200, data={"X": X_new})["y"].shape  # doctest: +SKIP
+        torch.Size([200, 10])
     """
 
     family: VariationalFamily
@@ -72,6 +93,7 @@ class FitResult:
     interrupted_by: int | None = None
     decisions: list[Decision] = field(default_factory=list)
     diagnostics: Diagnostics | None = None
+    config: dict[str, Any] | None = None
 
     @property
     def decision_summary(self) -> str:
@@ -87,45 +109,158 @@ class FitResult:
     def steps_per_second(self) -> float:
         return self.steps / self.wall_time if self.wall_time > 0 else math.nan
 
-    def sample(self, num_samples: int = 1000) -> dict[str, Tensor]:
-        """Named draws of the constrained parameters, each of shape ``(num_samples, *shape)``."""
-        z = self.family.sample(num_samples)
-        with torch.no_grad():
-            params, _ = self.model.constrain(z)
-        return params
+    def __repr__(self) -> str:
+        elbo = self.history.get("elbo")
+        last = f"; last logged ELBO {elbo[-1]:.6g}" if elbo else ""
+        return (
+            f"FitResult({type(self.family).__name__} on {type(self.model).__name__}, "
+            f"dim={self.model.dim}, num_data={self.model.num_data})\n"
+            f"  {self.method or 'fit'}: {self.steps} steps in {self.wall_time:.3g} s "
+            f"({self.skipped_steps} skipped); stop: {self.stop_reason}{last}\n"
+            "  .summary() .sample() .predictive() .log_likelihood() .diagnose() "
+            ".to_arviz() .save()"
+        )
 
-    def posterior_summary(self, num_samples: int = 4000) -> dict[str, dict[str, float]]:
-        """Mean, sd and 5/50/95% quantiles of every constrained scalar, e.g. ``"beta[0]"``."""
-        draws = self.sample(num_samples)
-        flat = torch.cat(
-            [draws[name].reshape(num_samples, -1) for name in self.model.param_specs], -1
-        ).double()
-        quantiles = torch.quantile(flat, torch.tensor([0.05, 0.5, 0.95], dtype=flat.dtype), dim=0)
-        mean, sd = flat.mean(0), flat.std(0)
-        return {
-            name: {
-                "mean": mean[i].item(),
-                "sd": sd[i].item(),
-                "q05": quantiles[0, i].item(),
-                "q50": quantiles[1, i].item(),
-                "q95": quantiles[2, i].item(),
-            }
-            for i, name in enumerate(self.model.flat_names())
-        }
+    # -- draws and summaries ----------------------------------------------------------
+    def sample(
+        self, num_samples: int = 1000, seed: int | None = DEFAULT_SEED, derived: bool = True
+    ) -> dict[str, Tensor]:
+        """Named constrained draws, each of shape ``(num_samples, *shape)``.
 
-    def elbo(self, num_samples: int = 1000) -> tuple[float, float]:
+        With ``derived`` (default) the model's derived quantities (:meth:`Model.derived`,
+        e.g. eight schools' ``theta``) come after the parameters.
+        """
+        z, _ = draw_latents(self.family, num_samples, seed)
+        return constrained_draws(self.model, z, derived)
+
+    def summary(
+        self, num_samples: int = 4000, seed: int | None = DEFAULT_SEED, khat: bool = True
+    ) -> SummaryTable:
+        """The posterior table: mean, sd, 5/50/95% quantiles and Monte Carlo s.e. of the mean
+        of every constrained scalar and derived quantity, with the PSIS :math:`\\hat k` of
+        the same draws (``khat=False`` skips its full-data pass).
+
+        ``print(result.summary())`` prints it; ``.to_pandas()`` gives a DataFrame. See
+        :mod:`svi_torch.posterior.summary`.
+        """
+        from ..diagnostics import psis_khat
+        from ..posterior.arviz import log_joint_of_draws
+
+        z, log_q = draw_latents(self.family, num_samples, seed)
+        draws = constrained_draws(self.model, z)
+        value, reading = None, "not computed"
+        if khat and num_samples >= 25:
+            try:
+                k = psis_khat(log_joint_of_draws(self.model, z) - log_q.double())
+                value, reading = k.value, k.reading
+            except ValueError as err:
+                reading = " ".join(str(err).split())
+        elif khat:
+            reading = "too few draws (< 25)"
+        return summary_table(draws, num_samples, value, reading, seed)
+
+    def posterior_summary(
+        self, num_samples: int = 4000, seed: int | None = DEFAULT_SEED
+    ) -> dict[str, dict[str, float]]:
+        """Mean, sd and 5/50/95% quantiles of every constrained scalar and derived quantity,
+        e.g. ``{"beta[0]": {"mean": ..., "sd": ..., "q05": ..., "q50": ..., "q95": ...}}``.
+
+        The nested-dict form of :meth:`summary` (without :math:`\\hat k`); the same draws.
+        """
+        return self.summary(num_samples, seed, khat=False).as_dict()
+
+    def elbo(self, num_samples: int = 1000, seed: int | None = DEFAULT_SEED) -> tuple[float, float]:
         """Full-data ELBO estimate and its standard error; see :func:`estimate_elbo`."""
-        return estimate_elbo(self.model, self.family, num_samples)
+        with seeded(seed, self.family, self.model):
+            return estimate_elbo(self.model, self.family, num_samples)
 
-    def diagnose(self, num_samples: int = 2000, seed: int | None = None) -> Diagnostics:
+    def diagnose(self, num_samples: int = 2000, seed: int | None = DEFAULT_SEED) -> Diagnostics:
         """PSIS k-hat with its reading, importance-weighted log p(D) ± se and ELBO ± se.
 
         See :func:`svi_torch.diagnostics.diagnose`; ``.as_dict()`` gives the
-        ``diagnostics/khat`` and ``diagnostics/log_evidence_iw`` scalars to log.
+        ``diagnostics/khat`` and ``diagnostics/log_evidence_iw`` scalars to log. At the
+        default arguments the result is kept in :attr:`diagnostics` (and saved with the fit).
         """
         from ..diagnostics import diagnose  # deferred: diagnostics imports the objectives
 
-        return diagnose(self.model, self.family, num_samples, seed)
+        with seeded(seed, self.family, self.model):
+            diag = diagnose(self.model, self.family, num_samples, None)
+        if num_samples == 2000 and seed == DEFAULT_SEED:
+            self.diagnostics = diag
+        return diag
+
+    # -- what comes after the fit ---------------------------------------------------------
+    def predictive(
+        self,
+        num_samples: int = 1000,
+        data: Mapping[str, object] | None = None,
+        seed: int | None = DEFAULT_SEED,
+    ) -> dict[str, Tensor]:
+        """Posterior predictive draws :math:`\\tilde x_s \\sim p(\\cdot\\mid\\theta_s)`,
+        :math:`\\theta_s \\sim q`, at the fitted inputs (``data=None``) or at new ones
+        (e.g. ``data={"X": X_new}``): named tensors of shape ``(num_samples, M, ...)``.
+
+        See :func:`svi_torch.posterior.posterior_predictive`.
+        """
+        return posterior_predictive(self.model, self.family, num_samples, data, seed)
+
+    def log_likelihood(
+        self,
+        num_samples: int = 1000,
+        seed: int | None = DEFAULT_SEED,
+        data: Mapping[str, object] | None = None,
+    ) -> Tensor:
+        """:math:`\\log p(x_i \\mid \\theta_s)` per draw and data point: shape
+        ``(num_samples, N)``, computed in bounded blocks (for LOO and WAIC).
+
+        See :func:`svi_torch.posterior.pointwise_log_likelihood`.
+        """
+        return pointwise_log_likelihood(self.model, self.family, num_samples, seed, data)
+
+    def to_arviz(
+        self, num_samples: int = 1000, seed: int | None = DEFAULT_SEED, **options: Any
+    ) -> Any:
+        """ArviZ's ``xarray.DataTree`` of the fit (posterior, posterior predictive, observed
+        data, log likelihood, sample stats); see :func:`svi_torch.posterior.to_arviz`."""
+        from ..posterior.arviz import to_arviz
+
+        return to_arviz(self, num_samples, seed, **options)
+
+    def save(self, path: str | os.PathLike[str], diagnostics: bool = True) -> Path:
+        """Write the fit to ``path`` (safe to load, checksummed, atomic); load it back with
+        :func:`svi_torch.load_result`. See :mod:`svi_torch.posterior.persistence`."""
+        from ..posterior.persistence import save_result
+
+        return save_result(self, path, diagnostics)
+
+    def marginals_figure(
+        self,
+        reference: Mapping[str, Tensor] | None = None,
+        num_samples: int = 4000,
+        seed: int | None = DEFAULT_SEED,
+        max_panels: int = 12,
+    ) -> Any:
+        """Constrained marginals of :math:`q` against ``reference`` draws, else the exact
+        posterior when the model has one; see
+        :func:`svi_torch.training.monitoring.marginals_figure`."""
+        from .monitoring import exact_posterior, marginals_figure
+
+        posterior = exact_posterior(self.model) if reference is None else None
+        return marginals_figure(
+            self.model,
+            self.family,
+            posterior,
+            max_panels=max_panels,
+            num_samples=num_samples,
+            reference=reference,
+            seed=seed,
+        )
+
+    def ppc_figure(self, num_samples: int = 100, seed: int | None = DEFAULT_SEED) -> Any:
+        """Posterior predictive check figure; see :func:`svi_torch.posterior.ppc_figure`."""
+        from ..posterior.plots import ppc_figure
+
+        return ppc_figure(self.model, self.family, num_samples, seed)
 
 
 def estimate_elbo(
