@@ -14,16 +14,22 @@ For every posterior of ``benchmarks/posteriordb/posteriors`` (found by
   same density up to a constant and the same gradient, and its per-point likelihood and
   simulation agree with its likelihood.
 
-**Tolerances.** Log densities: :math:`|\\Delta_k - \\Delta_0| \\le 10^{-8}(1 + \\max|f|)`,
-with :math:`\\Delta_k` the difference at point :math:`k`; float64 sums of :math:`N \\le 5000`
-terms are exact to about :math:`10^{-13}` relative. Gradients, in units of the reference sd
-(:math:`\\tilde g_i = s_i\\,\\partial f/\\partial x_i`) with the step
-:math:`h_i = \\tilde h s_i`, :math:`\\tilde h = 10^{-5}`: the central difference has
-truncation error :math:`\\tilde h^2 \\tilde f'''/6 \\approx 2\\cdot10^{-11}\\tilde f'''` and
-rounding error :math:`\\epsilon_f/\\tilde h`, where the NumPy density is exact to
-:math:`\\epsilon_f \\le 64\\,\\epsilon\\,(1 + |f|)` (:math:`\\epsilon = 2.2\\cdot10^{-16}`), so
-:math:`|\\tilde g^{\\text{autograd}} - \\tilde g^{\\text{fd}}| \\le 10^{-6}\\max|\\tilde g|
-+ 64\\,\\epsilon\\,(1 + |f|)/\\tilde h`.
+**Tolerances.** Log densities: :math:`|\\Delta_k - \\Delta_0| \\le r\\,(1 + \\max|f|)`, with
+:math:`\\Delta_k` the difference at point :math:`k` and :math:`r = 10^{-10}`: a float64 sum
+of :math:`N \\le 5000` terms errs by at most :math:`N\\epsilon \\approx 10^{-12}` relative
+(:math:`\\epsilon = 2.2\\cdot10^{-16}`; about :math:`10^{-15}` is measured). Gradients, per
+coordinate and in units of the reference sd (:math:`\\tilde g_i = s_i\\,\\partial f/\\partial
+x_i`), with the step :math:`h_i = \\tilde h s_i`, :math:`\\tilde h = 10^{-5}`: the central
+difference has truncation error :math:`\\tilde h^2 \\tilde f'''/6 \\approx
+2\\cdot10^{-11}\\tilde f'''` and rounding error :math:`\\epsilon_f/\\tilde h`, where the
+NumPy density is exact to :math:`\\epsilon_f \\le 64\\,\\epsilon\\,(1 + |f|)`; so
+:math:`|\\tilde g^{\\text{autograd}}_i - \\tilde g^{\\text{fd}}_i| \\le
+g\\,|\\tilde g^{\\text{autograd}}_i| + 64\\,\\epsilon\\,(1 + |f|)/\\tilde h`, with
+:math:`g = 10^{-6}` covering the truncation term.
+
+A posterior whose NumPy density is itself approximate (an ODE solved to a tolerance) states
+its own :math:`r` and :math:`g` as ``LOG_DENSITY_RTOL`` and ``GRADIENT_RTOL`` in the module
+that defines its Pyro model, with the reason beside them.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +63,8 @@ NUM_POINTS = 5
 #: Spread of the points, in reference sds (dispersed: from near the mean to the tails).
 SCALES = (0.5, 1.0, 1.0, 1.5, 2.0)
 FD_STEP = 1e-5  # in reference sds
+LOG_DENSITY_RTOL = 1e-10
+GRADIENT_RTOL = 1e-6
 EPS = float(np.finfo(np.float64).eps)
 
 #: The translations here written to broadcast over leading particle dimensions (the
@@ -182,18 +191,25 @@ def native_log_density(model: Model, values: Mapping[str, Tensor]) -> Tensor:
     return (joint.total - joint.log_det_jacobian)[0]
 
 
-def assert_same_up_to_constant(name: str, ours: list[float], reference: list[float]) -> None:
+def tolerance(posterior: Posterior, which: str) -> float:
+    """``LOG_DENSITY_RTOL`` or ``GRADIENT_RTOL``: the Pyro model's module's own, else this file's."""
+    module = sys.modules[posterior.pyro_model.__module__]
+    return float(getattr(module, which, globals()[which]))
+
+
+def assert_same_up_to_constant(c: Case, ours: list[float], reference: list[float]) -> None:
+    name = c.ref.name
     ours_a, ref_a = np.asarray(ours), np.asarray(reference)
     assert np.all(np.isfinite(ours_a)) and np.all(np.isfinite(ref_a)), (ours_a, ref_a)
     diff = ours_a - ref_a
-    tolerance = 1e-8 * (1.0 + np.abs(ref_a).max())
+    allowed = tolerance(c.posterior, "LOG_DENSITY_RTOL") * (1.0 + np.abs(ref_a).max())
     spread = np.abs(diff - diff[0]).max()
-    assert spread <= tolerance, (
+    assert spread <= allowed, (
         f"{name}: log density minus the NumPy reference varies by {spread:.3g} over the "
-        f"points (tolerance {tolerance:.3g}); differences {diff}, reference {ref_a}"
+        f"points (tolerance {allowed:.3g}); differences {diff}, reference {ref_a}"
     )
     # Dispersed points: the density itself must vary, or the check is empty.
-    assert np.ptp(ref_a) > 100 * tolerance, ref_a
+    assert np.ptp(ref_a) > 100 * allowed, ref_a
 
 
 def finite_difference_gradient(c: Case, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -255,15 +271,17 @@ def autograd_gradient(
 
 
 def assert_gradients_match(
-    name: str, f: float, ours: Mapping[str, Tensor], fd: Mapping[str, Tensor]
+    c: Case, f: float, ours: Mapping[str, Tensor], fd: Mapping[str, Tensor]
 ) -> None:
     flat_ours = torch.cat([g.reshape(-1) for g in ours.values()])
     flat_fd = torch.cat([fd[k].reshape(-1) for k in ours])
-    tolerance = 1e-6 * float(flat_ours.abs().max()) + 64 * EPS * (1 + abs(f)) / FD_STEP
-    error = float((flat_ours - flat_fd).abs().max())
-    assert error <= tolerance, (
-        f"{name}: gradient differs from central differences of the NumPy density by "
-        f"{error:.3g} > {tolerance:.3g}\nautograd {flat_ours}\nfinite differences {flat_fd}"
+    rtol = tolerance(c.posterior, "GRADIENT_RTOL")
+    allowed = rtol * flat_ours.abs() + 64 * EPS * (1 + abs(f)) / FD_STEP
+    excess = (flat_ours - flat_fd).abs() / allowed
+    assert bool((excess <= 1).all()), (
+        f"{c.ref.name}: gradient differs from central differences of the NumPy density by "
+        f"up to {float(excess.max()):.3g} times the tolerance\nautograd {flat_ours}\n"
+        f"finite differences {flat_fd}"
     )
 
 
@@ -275,7 +293,7 @@ def test_pyro_log_density_equals_stan_target_up_to_a_constant(name: str) -> None
     c = case(name)
     ours = [float(pyro_log_density(c, p)) for p in c.points]
     reference = [numpy_log_density(c, p) for p in c.points]
-    assert_same_up_to_constant(name, ours, reference)
+    assert_same_up_to_constant(c, ours, reference)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -283,7 +301,7 @@ def test_pyro_gradient_matches_finite_differences_of_stan_target(name: str) -> N
     c = case(name)
     for point in c.points[:3]:
         f, ours = autograd_gradient(c, point, lambda v: pyro_log_density(c, v))
-        assert_gradients_match(name, f, ours, finite_difference_gradient(c, point))
+        assert_gradients_match(c, f, ours, finite_difference_gradient(c, point))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -432,7 +450,7 @@ def test_native_log_density_equals_stan_target_up_to_a_constant(name: str) -> No
     model = native(name)
     ours = [float(native_log_density(model, p)) for p in c.points]
     reference = [numpy_log_density(c, p) for p in c.points]
-    assert_same_up_to_constant(name, ours, reference)
+    assert_same_up_to_constant(c, ours, reference)
     # The same through log_prior + log_likelihood on the full data.
     direct = [
         float(model.log_prior(p) + model.log_likelihood(native_params(model, p), model.data))
@@ -447,7 +465,7 @@ def test_native_gradient_matches_finite_differences_of_stan_target(name: str) ->
     model = native(name)
     for point in c.points[:3]:
         f, ours = autograd_gradient(c, point, lambda v: native_log_density(model, v))
-        assert_gradients_match(name, f, ours, finite_difference_gradient(c, point))
+        assert_gradients_match(c, f, ours, finite_difference_gradient(c, point))
 
 
 @pytest.mark.parametrize("name", NATIVE)

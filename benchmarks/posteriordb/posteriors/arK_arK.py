@@ -39,7 +39,7 @@ from torch import Tensor
 from svi_torch.data import Batch
 from svi_torch.models import AutoRegressive
 
-from ..convert import one_based, real
+from ..convert import real_tensor, stan_names
 from ..spec import Posterior
 
 __all__ = ["POSTERIOR", "ark", "ArK"]
@@ -58,7 +58,7 @@ def ark(K: int, T: int, y: Tensor) -> None:
 
 
 def _pyro_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"K": int(data["K"]), "T": int(data["T"]), "y": real(data["y"])}
+    return {"K": int(data["K"]), "T": int(data["T"]), "y": real_tensor(data["y"])}
 
 
 def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any]) -> float:
@@ -78,7 +78,7 @@ def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any])
 
 
 def _quantities(draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {"alpha": draws["alpha"], **one_based("beta", draws["beta"]), "sigma": draws["sigma"]}
+    return stan_names(draws, ["alpha", "beta", "sigma"])
 
 
 class ArK(AutoRegressive):
@@ -105,7 +105,9 @@ class ArK(AutoRegressive):
 
 
 def _native(data: Mapping[str, Any]) -> ArK:
-    return ArK(real(data["y"]), order=int(data["K"]), prior_scale=10.0, noise_prior_scale=2.5)
+    return ArK(
+        real_tensor(data["y"]), order=int(data["K"]), prior_scale=10.0, noise_prior_scale=2.5
+    )
 
 
 POSTERIOR = Posterior(

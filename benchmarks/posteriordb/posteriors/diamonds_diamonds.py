@@ -34,7 +34,7 @@ from scipy import stats
 from torch import Tensor
 from torch.distributions import Normal, StudentT, constraints
 
-from ..convert import one_based, real
+from ..convert import real_tensor, stan_names
 from ..linear import LinearRegression
 from ..spec import Posterior
 
@@ -61,9 +61,9 @@ def diamonds(N: int, Y: Tensor, K: int, X: Tensor, prior_only: int) -> None:
 def _pyro_data(data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "N": int(data["N"]),
-        "Y": real(data["Y"]),
+        "Y": real_tensor(data["Y"]),
         "K": int(data["K"]),
-        "X": real(data["X"]),
+        "X": real_tensor(data["X"]),
         "prior_only": int(data["prior_only"]),
     }
 
@@ -88,7 +88,7 @@ def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any])
 
 
 def _quantities(draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {**one_based("b", draws["b"]), "Intercept": draws["Intercept"], "sigma": draws["sigma"]}
+    return stan_names(draws, ["b", "Intercept", "sigma"])
 
 
 class _HalfStudentT(StudentT):
@@ -106,16 +106,20 @@ def _native(data: Mapping[str, Any]) -> LinearRegression:
             "prior_only=1 ignores the likelihood, but the native diamonds model is a "
             "regression on the data; use the Pyro model for the prior alone"
         )
-    X = real(data["X"])
+    X = real_tensor(data["X"])
     Xc = X[:, 1:] - X[:, 1:].mean(0)
     return LinearRegression(
         Xc,
-        real(data["Y"]),
+        real_tensor(data["Y"]),
         coef="b",
-        coef_prior=Normal(real(0.0), real(1.0), validate_args=False),
+        coef_prior=Normal(real_tensor(0.0), real_tensor(1.0), validate_args=False),
         intercept="Intercept",
-        intercept_prior=StudentT(real(3.0), real(8.0), real(10.0), validate_args=False),
-        sigma_prior=_HalfStudentT(real(3.0), real(0.0), real(10.0), validate_args=False),
+        intercept_prior=StudentT(
+            real_tensor(3.0), real_tensor(8.0), real_tensor(10.0), validate_args=False
+        ),
+        sigma_prior=_HalfStudentT(
+            real_tensor(3.0), real_tensor(0.0), real_tensor(10.0), validate_args=False
+        ),
     )
 
 

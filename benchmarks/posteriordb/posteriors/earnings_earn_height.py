@@ -25,7 +25,7 @@ from scipy import stats
 from torch import Tensor
 from torch.distributions import constraints
 
-from ..convert import one_based, real
+from ..convert import real_tensor, stan_names
 from ..linear import LinearRegression
 from ..spec import Posterior
 
@@ -41,7 +41,11 @@ def earn_height(N: int, earn: Tensor, height: Tensor) -> None:
 
 
 def _pyro_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"N": int(data["N"]), "earn": real(data["earn"]), "height": real(data["height"])}
+    return {
+        "N": int(data["N"]),
+        "earn": real_tensor(data["earn"]),
+        "height": real_tensor(data["height"]),
+    }
 
 
 def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any]) -> float:
@@ -53,13 +57,13 @@ def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any])
 
 
 def _quantities(draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {**one_based("beta", draws["beta"]), "sigma": draws["sigma"]}
+    return stan_names(draws, ["beta", "sigma"])
 
 
 def _native(data: Mapping[str, Any]) -> LinearRegression:
-    height = real(data["height"])
+    height = real_tensor(data["height"])
     X = torch.stack([torch.ones_like(height), height], dim=-1)
-    return LinearRegression(X, real(data["earn"]), coef="beta")
+    return LinearRegression(X, real_tensor(data["earn"]), coef="beta")
 
 
 POSTERIOR = Posterior(

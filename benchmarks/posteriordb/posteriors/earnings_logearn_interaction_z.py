@@ -30,7 +30,7 @@ from scipy import stats
 from torch import Tensor
 from torch.distributions import constraints
 
-from ..convert import one_based, real
+from ..convert import real_tensor, stan_names
 from ..linear import LinearRegression
 from ..spec import Posterior
 
@@ -57,9 +57,9 @@ def logearn_interaction_z(N: int, earn: Tensor, height: Tensor, male: Tensor) ->
 def _pyro_data(data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "N": int(data["N"]),
-        "earn": real(data["earn"]),
-        "height": real(data["height"]),
-        "male": real(data["male"]),
+        "earn": real_tensor(data["earn"]),
+        "height": real_tensor(data["height"]),
+        "male": real_tensor(data["male"]),
     }
 
 
@@ -77,14 +77,14 @@ def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any])
 
 
 def _quantities(draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {**one_based("beta", draws["beta"]), "sigma": draws["sigma"]}
+    return stan_names(draws, ["beta", "sigma"])
 
 
 def _native(data: Mapping[str, Any]) -> LinearRegression:
-    height, male = real(data["height"]), real(data["male"])
+    height, male = real_tensor(data["height"]), real_tensor(data["male"])
     z = (height - height.mean()) / height.std()
     X = torch.stack([torch.ones_like(z), z, male, z * male], dim=-1)
-    return LinearRegression(X, real(data["earn"]).log(), coef="beta")
+    return LinearRegression(X, real_tensor(data["earn"]).log(), coef="beta")
 
 
 POSTERIOR = Posterior(

@@ -38,7 +38,7 @@ from svi_torch.data import Batch
 from svi_torch.models import Model
 from svi_torch.models.densities import normal_log_prob
 
-from ..convert import one_based, real
+from ..convert import real_tensor, stan_names
 from ..spec import Posterior
 
 __all__ = ["POSTERIOR", "eight_schools_noncentered", "EightSchoolsNoncentered"]
@@ -55,7 +55,7 @@ def eight_schools_noncentered(J: int, y: Tensor, sigma: Tensor) -> None:
 
 
 def _pyro_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"J": int(data["J"]), "y": real(data["y"]), "sigma": real(data["sigma"])}
+    return {"J": int(data["J"]), "y": real_tensor(data["y"]), "sigma": real_tensor(data["sigma"])}
 
 
 def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any]) -> float:
@@ -73,7 +73,7 @@ def _quantities(draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
     theta = draws.get("theta")
     if theta is None:
         theta = draws["theta_trans"] * draws["tau"][:, None] + draws["mu"][:, None]
-    return {**one_based("theta", theta), "mu": draws["mu"], "tau": draws["tau"]}
+    return stan_names({**draws, "theta": theta}, ["theta", "mu", "tau"])
 
 
 class EightSchoolsNoncentered(Model):
@@ -143,7 +143,7 @@ class EightSchoolsNoncentered(Model):
 
 
 def _native(data: Mapping[str, Any]) -> EightSchoolsNoncentered:
-    return EightSchoolsNoncentered(real(data["y"]), real(data["sigma"]))
+    return EightSchoolsNoncentered(real_tensor(data["y"]), real_tensor(data["sigma"]))
 
 
 POSTERIOR = Posterior(

@@ -29,7 +29,7 @@ from scipy import stats
 from torch import Tensor
 from torch.distributions import HalfCauchy, constraints
 
-from ..convert import one_based, real
+from ..convert import real_tensor, stan_names
 from ..linear import LinearRegression
 from ..spec import Posterior
 
@@ -49,9 +49,9 @@ def kidscore_interaction(N: int, kid_score: Tensor, mom_iq: Tensor, mom_hs: Tens
 def _pyro_data(data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "N": int(data["N"]),
-        "kid_score": real(data["kid_score"]),
-        "mom_iq": real(data["mom_iq"]),
-        "mom_hs": real(data["mom_hs"]),
+        "kid_score": real_tensor(data["kid_score"]),
+        "mom_iq": real_tensor(data["mom_iq"]),
+        "mom_hs": real_tensor(data["mom_hs"]),
     }
 
 
@@ -66,17 +66,17 @@ def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any])
 
 
 def _quantities(draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {**one_based("beta", draws["beta"]), "sigma": draws["sigma"]}
+    return stan_names(draws, ["beta", "sigma"])
 
 
 def _native(data: Mapping[str, Any]) -> LinearRegression:
-    mom_hs, mom_iq = real(data["mom_hs"]), real(data["mom_iq"])
+    mom_hs, mom_iq = real_tensor(data["mom_hs"]), real_tensor(data["mom_iq"])
     X = torch.stack([torch.ones_like(mom_hs), mom_hs, mom_iq, mom_hs * mom_iq], dim=-1)
     return LinearRegression(
         X,
-        real(data["kid_score"]),
+        real_tensor(data["kid_score"]),
         coef="beta",
-        sigma_prior=HalfCauchy(real(2.5), validate_args=False),
+        sigma_prior=HalfCauchy(real_tensor(2.5), validate_args=False),
     )
 
 

@@ -26,7 +26,7 @@ from scipy import stats
 from torch import Tensor
 from torch.distributions import HalfNormal, Normal, constraints
 
-from ..convert import one_based, real
+from ..convert import real_tensor, stan_names
 from ..linear import LinearRegression
 from ..spec import Posterior
 
@@ -45,7 +45,12 @@ def blr(N: int, D: int, X: Tensor, y: Tensor) -> None:
 
 
 def _pyro_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {"N": int(data["N"]), "D": int(data["D"]), "X": real(data["X"]), "y": real(data["y"])}
+    return {
+        "N": int(data["N"]),
+        "D": int(data["D"]),
+        "X": real_tensor(data["X"]),
+        "y": real_tensor(data["y"]),
+    }
 
 
 def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any]) -> float:
@@ -59,14 +64,14 @@ def _stan_log_density(values: Mapping[str, np.ndarray], data: Mapping[str, Any])
 
 
 def _quantities(draws: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {**one_based("beta", draws["beta"]), "sigma": draws["sigma"]}
+    return stan_names(draws, ["beta", "sigma"])
 
 
 def _native(data: Mapping[str, Any]) -> LinearRegression:
-    zero, ten = real(0.0), real(10.0)
+    zero, ten = real_tensor(0.0), real_tensor(10.0)
     return LinearRegression(
-        real(data["X"]),
-        real(data["y"]),
+        real_tensor(data["X"]),
+        real_tensor(data["y"]),
         coef="beta",
         coef_prior=Normal(zero, ten, validate_args=False),
         sigma_prior=HalfNormal(ten, validate_args=False),
