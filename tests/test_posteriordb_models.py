@@ -51,6 +51,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
 
+from benchmarks.posteriordb.linear import LinearRegression
 from benchmarks.posteriordb.posteriors import load_posteriors
 from benchmarks.posteriordb.sites import LatentSite, latent_sites
 from benchmarks.posteriordb.spec import Posterior, Reference, load_reference
@@ -589,3 +590,54 @@ def test_native_simulation_has_zero_mean_score(name: str) -> None:
     score = torch.stack(scores)
     z = score.mean(0) / (score.std(0) / math.sqrt(replicates))
     assert float(z.abs().max()) < 5.0, (name, z)
+
+
+# -- the reference against closed forms ---------------------------------------------------
+
+
+def _flat_regression(name: str) -> bool:
+    try:
+        model = POSTERIORS[name].native(load_reference(name).data)  # type: ignore[misc]
+    except Exception:
+        return False
+    return (
+        isinstance(model, LinearRegression) and model.coef_prior is None and model.intercept is None
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in NATIVE if _flat_regression(n)])
+def test_flat_regression_reference_matches_the_exact_posterior(name: str) -> None:
+    """With :math:`p(\\beta) \\propto 1`, :math:`\\beta \\mid \\sigma, y \\sim
+    \\mathcal{N}(\\hat\\beta, \\sigma^2 (X^\\top X)^{-1})` whatever the prior on
+    :math:`\\sigma`, so :math:`E[\\beta \\mid y] = \\hat\\beta` (least squares). With
+    :math:`p(\\sigma) \\propto 1` too, :math:`\\beta \\mid y` is a multivariate t with
+    :math:`\\nu = N - D - 1` degrees of freedom and scale :math:`(S/\\nu)(X^\\top X)^{-1}`
+    (:math:`S` the residual sum of squares), and :math:`\\sigma^2 \\mid y \\sim
+    \\text{Inv-Gamma}(\\nu/2, S/2)`. The reference (posteriordb's NUTS) must agree within 4
+    of its Monte Carlo standard errors (means) and :math:`4/\\sqrt{2n}` relative (sds): a
+    check of the native design and data against the reference, free of any sampler run here."""
+    c = case(name)
+    model = native(name)
+    X, y = model.X.numpy(), model.y.numpy()
+    num, dim = X.shape
+    gram_inv = np.linalg.inv(X.T @ X)
+    beta_hat = gram_inv @ X.T @ y
+    rss = float(((y - X @ beta_hat) ** 2).sum())
+    nu = num - dim - 1
+    n_ref = int(c.ref.record.get("n_draws", 10000))
+
+    def mcse(stats: Mapping[str, float]) -> float:
+        return float(stats.get("mcse_mean", stats["sd"] / math.sqrt(n_ref)))
+
+    for j in range(dim):
+        stats = c.ref.params[f"{model.coef}[{j + 1}]"]
+        assert abs(stats["mean"] - beta_hat[j]) <= 4 * mcse(stats), (j, stats, beta_hat[j])
+    if model.sigma_prior is not None:
+        return
+    sd = np.sqrt(nu / (nu - 2) * rss / nu * np.diag(gram_inv))
+    ratio = np.array([c.ref.params[f"{model.coef}[{j + 1}]"]["sd"] for j in range(dim)]) / sd
+    np.testing.assert_array_less(np.abs(ratio - 1), 4 / math.sqrt(2 * n_ref))
+    stats = c.ref.params["sigma"]
+    a, b = nu / 2, rss / 2
+    sigma_mean = math.sqrt(b) * math.exp(math.lgamma(a - 0.5) - math.lgamma(a))
+    assert abs(stats["mean"] - sigma_mean) <= 4 * mcse(stats), (stats, sigma_mean)
