@@ -55,6 +55,7 @@ from benchmarks.posteriordb.linear import LinearRegression
 from benchmarks.posteriordb.posteriors import load_posteriors
 from benchmarks.posteriordb.sites import LatentSite, latent_sites
 from benchmarks.posteriordb.spec import Posterior, Reference, load_reference
+from benchmarks.posteriordb.validate_nuts import compare
 from svi_torch.models import Model
 
 POSTERIORS = load_posteriors()
@@ -641,3 +642,25 @@ def test_flat_regression_reference_matches_the_exact_posterior(name: str) -> Non
     a, b = nu / 2, rss / 2
     sigma_mean = math.sqrt(b) * math.exp(math.lgamma(a - 0.5) - math.lgamma(a))
     assert abs(stats["mean"] - sigma_mean) <= 4 * mcse(stats), (stats, sigma_mean)
+
+
+# -- the NUTS comparison ------------------------------------------------------------------
+
+
+def test_nuts_comparison_flags_shifted_means_and_wrong_spreads() -> None:
+    """``validate_nuts.compare`` on independent draws from the reference marginals passes;
+    a mean shifted by 0.3 sd (z about 0.3 sqrt(2000) = 13) or an sd 30% too large (z_sd
+    about 0.3 sqrt(4000) = 19) is flagged."""
+    ref = load_reference("eight_schools-eight_schools_noncentered")
+    generator = torch.Generator().manual_seed(5)
+    exact = {
+        k: s["mean"] + s["sd"] * torch.randn(1, 2000, generator=generator, dtype=torch.float64)
+        for k, s in ref.params.items()
+    }
+    assert all(q.consistent for q in compare(ref, exact))
+    mu = ref.params["mu"]
+    shifted = {**exact, "mu": exact["mu"] + 0.3 * mu["sd"]}
+    wider = {**exact, "mu": mu["mean"] + 1.3 * (exact["mu"] - mu["mean"])}
+    for draws in (shifted, wider):
+        flagged = [q.name for q in compare(ref, draws) if not q.consistent]
+        assert flagged == ["mu"]
