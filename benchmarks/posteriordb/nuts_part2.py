@@ -173,9 +173,34 @@ def _table_row(result: Mapping[str, Any], quantile_only: Callable[[str], bool]) 
     )
 
 
+_HEADER = (
+    "| posterior | warmup+draws | median mean err (sd) | max mean err (sd) | sd ratio range "
+    "| max quantile err | min ESS | divergences | MAP + NUTS s |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def report(results: list[Mapping[str, Any]], quantile_only: Callable[[str], bool]) -> str:
+    """The markdown summary (one row per posterior; mean errors and sd ratios leave out the
+    ``quantile_only`` quantities), then one row per quantity."""
+    lines = [_HEADER, *(_table_row(r, quantile_only) for r in results), ""]
+    lines += [
+        "| posterior | quantity | mean err (sd) | sd ratio | quantile err | ESS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for key, v in r["quantities"].items():
+            mark = " (quantiles only)" if quantile_only(key) else ""
+            lines.append(
+                f"| {r['name']} | {key}{mark} | {v['mean_error_sd']:.3f} | {v['sd_ratio']:.2f} "
+                f"| {v['quantile_error']:.3f} | {v['ess']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="+")
+    parser.add_argument("names", nargs="*", help="posteriors to run (none: only --report)")
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--starts", type=int, default=8)
@@ -184,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--json", type=Path, required=True, help="append one JSON line per posterior"
     )
+    parser.add_argument("--report", type=Path, help="write the markdown report of --json here")
     parser.add_argument(
         "--quantile-only",
         nargs="*",
@@ -198,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
         with args.json.open("a") as handle:
             handle.write(json.dumps(result) + "\n")
         print(_table_row(result, lambda k: k in args.quantile_only), flush=True)
+    if args.report is not None:
+        results = [json.loads(line) for line in args.json.read_text().splitlines() if line]
+        args.report.write_text(report(results, lambda k: k in args.quantile_only))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,13 @@ lognormal measurements :math:`y_{n,k} \\sim \\mathrm{LogNormal}(\\log z_k(t_n), 
 control bounds the error of :math:`\\log z` directly, and the populations stay positive
 where they collapse towards zero in the tails (where Stan's solver, at ``atol=1e-3``, would
 lose them). Stan uses ``integrate_ode_rk45`` at ``rtol=1e-5``, ``atol=1e-3``, whose own
-error in :math:`\\log z` is about :math:`6 \\times 10^{-4}` at the posterior mean (SciPy's
-RK45 at those tolerances against ``DOP853`` at ``rtol=1e-13``); here ``dopri5`` at
-``rtol=atol=1e-6`` errs by about :math:`10^{-5}`, below :math:`10^{-3}` of the noise
-:math:`\\sigma \\approx 0.25`. The main mode has a second one about 40 nats below it: start
-from dispersed points.
+error in :math:`\\log z` is about :math:`6 \\times 10^{-4}` at the reference mean (SciPy's
+RK45 at those tolerances against ``DOP853`` at ``rtol=1e-12``); here ``dopri5`` at
+``rtol=atol=1e-6`` errs by :math:`1.3 \\times 10^{-5}` there and at most
+:math:`2.5 \\times 10^{-5}` at the reference q05 and q95 points
+(``python -m benchmarks.posteriordb.ode_check``), below :math:`10^{-3}` of the noise
+:math:`\\sigma \\approx 0.25` (tested). The main mode has a second one about 40 nats
+below it: start from dispersed points.
 """
 
 from __future__ import annotations
