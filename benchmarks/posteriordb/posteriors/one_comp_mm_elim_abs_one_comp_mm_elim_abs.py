@@ -61,12 +61,9 @@ __all__ = [
 ]
 
 RTOL, ATOL = 1e-7, 1e-9
-#: The generic harness's tolerances (tests/test_posteriordb_models.py) for this module: at
-#: the default solver tolerances above, the model's log density differs from the SciPy one
-#: (rtol 1e-12) by the solver's error, measured at 1.2e-6 of |f| (and 2e-5 of each gradient
-#: coordinate) at the harness's points; 1e-5 and 1e-3 leave margins of 7x or more. The
-#: density's exactness is checked at tight solver tolerances
-#: (tests/test_posteriordb_models_extra.py, inside ``ode.tight_tolerances()``).
+#: Harness tolerances (tests/test_posteriordb_models.py): the default solve's error moves
+#: the density by 1.2e-6 of |f| and each gradient coordinate by 2e-5 (that test at its default 1e-10, 1e-6).
+#: Exactness at tight solver tolerances: tests/test_posteriordb_models_extra.py.
 LOG_DENSITY_RTOL = 1e-5
 GRADIENT_RTOL = 1e-3
 
