@@ -70,7 +70,8 @@ __all__ = [
 
 RTOL, ATOL = 1e-6, 1e-6
 #: Harness tolerances (tests/test_posteriordb_models.py): the default solve's error moves
-#: the density by 1.4e-6 of |f| and each gradient coordinate by 4e-5 (that test at its default 1e-10, 1e-6).
+#: the density by 1.4e-6 of |f| and each gradient coordinate by 4e-5 (that test
+#: at its defaults, 1e-10 and 1e-6).
 #: Exactness at tight solver tolerances: tests/test_posteriordb_models_extra.py.
 LOG_DENSITY_RTOL = 1e-5
 GRADIENT_RTOL = 1e-3
