@@ -194,4 +194,5 @@ POSTERIOR = Posterior(
     native=native,
     notes="pharmacokinetic ODE (torchdiffeq per gradient); K_m and V_m have no finite "
     "posterior variance (judge them by quantiles), K_m-V_m correlation 0.95",
+    sd_free=("K_m", "V_m"),
 )
