@@ -3,13 +3,8 @@ against the same model written as an svi_torch Model, and against Pyro's own SVI
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -422,90 +417,3 @@ def test_samples_and_summary_are_keyed_by_site_name():
     assert {k: tuple(v.shape) for k, v in draws.items()} == {"beta": (7, 3), "sigma": (7,)}
     assert bool((draws["sigma"] > 0).all())
     assert list(result.posterior_summary(100)) == ["beta[0]", "beta[1]", "beta[2]", "sigma"]
-
-
-# -- the accuracy benchmark --------------------------------------------------------------------
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_POSTERIORDB = REPO.parent / "shared" / "posteriordb"
-
-
-def _write_stand_in_posteriordb(directory: Path) -> None:
-    """Files shaped like ../shared/posteriordb (data, summaries, correlations), for a clone
-    without the shared folder: the smoke test checks the pipeline, not the numbers."""
-    g = torch.Generator().manual_seed(0)
-
-    def summaries(names):
-        return {n: {"mean": 0.5, "sd": 1.0} for n in names}
-
-    def corr(names):
-        return {"order": names, "matrix": torch.eye(len(names)).tolist()}
-
-    theta = [f"theta[{j}]" for j in range(1, 9)]
-    trans = [f"theta_trans[{j}]" for j in range(1, 9)]
-    beta = [f"beta[{j}]" for j in range(1, 6)]
-    X = torch.randn(100, 5, generator=g)
-    series = torch.randn(200, generator=g).cumsum(0) * 0.1
-    files = {
-        "eight_schools-eight_schools_noncentered.json": {
-            "data": {"J": 8, "y": EIGHT_SCHOOLS_Y, "sigma": EIGHT_SCHOOLS_SIGMA},
-            "params": summaries([*theta, "mu", "tau"]),
-            "derived_params": summaries(trans),
-            "posterior_corr": corr([*theta, "mu", "tau"]),
-        },
-        "sblrc-blr.json": {
-            "data": {"N": 100, "D": 5, "X": X.tolist(), "y": X.sum(-1).tolist()},
-            "params": summaries([*beta, "sigma"]),
-            "posterior_corr": corr([*beta, "sigma"]),
-        },
-        "arK-arK.json": {
-            "data": {"K": 5, "T": 200, "y": series.tolist()},
-            "params": summaries(["alpha", *beta, "sigma"]),
-            "posterior_corr": corr(["alpha", *beta, "sigma"]),
-        },
-    }
-    for name, record in files.items():
-        (directory / name).write_text(json.dumps(record))
-
-
-@pytest.mark.slow
-def test_accuracy_benchmark_quick_mode_runs(tmp_path):
-    if SHARED_POSTERIORDB.is_dir():
-        posteriordb = SHARED_POSTERIORDB
-    else:
-        posteriordb = tmp_path / "posteriordb"
-        posteriordb.mkdir()
-        _write_stand_in_posteriordb(posteriordb)
-    out = tmp_path / "RESULTS.md"
-    out.write_text("# kept\n<!-- results:start -->\nold\n<!-- results:end -->\nreading kept\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "accuracy" / "run.py"),
-            "--quick",
-            "--posteriordb",
-            str(posteriordb),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
-    assert text.startswith("# kept\n") and text.rstrip().endswith("reading kept")
-    assert "old" not in text and "--quick" in text
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]
-    rows = [[cell.strip() for cell in row] for row in rows if row[0].strip() != "method"]
-    # 3 posteriors x (4 families on the svi_torch model + the same 4 through the bridge
-    # + 4 Pyro autoguides).
-    assert len(rows) == 36
-    assert {row[0] for row in rows} == {"svi_torch", "svi_torch + PyroModel", "Pyro SVI"}
-    # Same seed, same family, same log joint: the bridge reproduces the svi_torch model's
-    # fit, so every accuracy column matches (timings aside).
-    native = [row[:10] for row in rows if row[0] == "svi_torch"]
-    bridged = [row[:10] for row in rows if row[0] == "svi_torch + PyroModel"]
-    assert [r[1:] for r in native] == [r[1:] for r in bridged]

@@ -111,6 +111,8 @@ class Posterior:
             data; its parameter names are the Pyro model's site names, so
             ``quantities`` serves both.
         notes: what this posterior stresses, and known facts about it.
+        sd_free: reference quantities whose sd is not a target (no finite posterior
+            variance: the reference sd is a Monte Carlo artefact); scored by their means.
     """
 
     name: str
@@ -121,3 +123,4 @@ class Posterior:
     data_plate: str | None = None
     native: Callable[[Mapping[str, Any]], Any] | None = None
     notes: str = ""
+    sd_free: tuple[str, ...] = ()

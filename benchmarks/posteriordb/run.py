@@ -1,0 +1,542 @@
+"""Every method at its defaults on the fifteen posteriordb posteriors, against Pyro's SVI.
+
+For each posterior of the suite (``benchmarks/posteriordb/posteriors/``) and each method
+this fits the posterior, draws from the fit and scores the draws against posteriordb's
+reference (NUTS) summaries:
+
+* **svi_torch** at its defaults, ``st.fit(PyroModel(model_fn, **data), family)``, with a
+  full-rank Gaussian (``auto``), a mean-field Gaussian (``auto-meanfield``), a normalizing
+  flow (``auto-flow``), and the native svi_torch model where one exists
+  (``auto-native``); the explicit methods ``ngvi`` and ``sgd`` (Adam on the ELBO, the
+  "ELBO-SGD" baseline), ``pathfinder`` and ``bam`` where they are registered;
+* **Pyro** ``SVI`` + ``Trace_ELBO`` with ``AutoMultivariateNormal`` and ``AutoNormal`` at the
+  settings Pyro's tutorials use (Adam, lr 0.01, 5000 steps, one particle:
+  ``pyro-amvn``, ``pyro-normal``), and ``AutoMultivariateNormal`` at the best of the
+  learning rates 0.001, 0.01 and 0.1 by final ELBO (``pyro-amvn-best``). Pyro's own
+  ``init_loc_fn``\\ s draw from the prior, which flat priors cannot, so the guides start
+  where a user would make them: Stan's uniform start in :math:`[-2, 2]` unconstrained
+  (``benchmarks/posteriordb/sites.py``).
+
+Each (posterior, method) runs in a fresh process with a time limit (``--timeout``), so one
+that hangs or crashes is a row that says so, not a lost run. Per row: completed or the
+error; median and max :math:`|\\bar\\theta_q - \\bar\\theta_{ref}| / sd_{ref}` over the reference
+quantities; :math:`sd_q / sd_{ref}` min, median and max (quantities whose reference sd is
+not a target, e.g. one_comp's :math:`K_m, V_m`, are left out of the sd ratios); max
+:math:`|\\rho_q - \\rho_{ref}|`; PSIS :math:`\\hat k` of :math:`\\log p(\\theta, D) -
+\\log q(\\theta)`; the ELBO; wall and CPU seconds; gradient evaluations (full-data units:
+a Pyro step on the full data is one per particle); and for svi_torch the method the fit
+ended on (``result.method``).
+
+Usage (repository root; ``pip install -e .[posteriordb]`` for the ODE models)::
+
+    python benchmarks/posteriordb/run.py --jobs 2 --out benchmarks/posteriordb/RESULTS.md
+    python benchmarks/posteriordb/run.py --quick          # a smoke test, about a minute
+    python benchmarks/posteriordb/run.py --posteriors eight_schools-eight_schools_noncentered --methods auto pyro-amvn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks.posteriordb.posteriors import load_posteriors  # noqa: E402
+from benchmarks.posteriordb.sites import init_to_unconstrained_uniform  # noqa: E402
+from benchmarks.posteriordb.spec import Posterior, load_reference  # noqa: E402
+
+MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+SVI_METHODS = (
+    "auto",
+    "auto-native",
+    "auto-meanfield",
+    "auto-flow",
+    "ngvi",
+    "sgd",
+    "pathfinder",
+    "bam",
+)
+PYRO_METHODS = ("pyro-amvn", "pyro-normal", "pyro-amvn-best")
+PYRO_STEPS = 5000
+PYRO_LR = 0.01
+PYRO_LR_GRID = (1e-3, 1e-2, 1e-1)
+
+
+@dataclass
+class Row:
+    """One (posterior, method) fit and its scores; NaN where a score does not apply."""
+
+    posterior: str
+    method: str
+    status: str = "ok"
+    ended_on: str = ""
+    mean_err_med: float = math.nan
+    mean_err_max: float = math.nan
+    sd_ratio_min: float = math.nan
+    sd_ratio_med: float = math.nan
+    sd_ratio_max: float = math.nan
+    corr_err_max: float = math.nan
+    khat: float = math.nan
+    elbo: float = math.nan
+    elbo_se: float = math.nan
+    wall_s: float = math.nan
+    cpu_s: float = math.nan
+    grad_evals: float = math.nan
+    notes: list[str] = field(default_factory=list)
+
+
+# -- scoring ----------------------------------------------------------------------------------
+
+
+def score(
+    row: Row, posterior: Posterior, draws: dict[str, torch.Tensor], sd_free: tuple[str, ...]
+) -> None:
+    """Fill the accuracy columns of ``row`` from named constrained draws."""
+    reference = load_reference(posterior.name)
+    quantities = posterior.quantities(draws)
+    names = list(reference.params)
+    values = torch.stack([quantities[n].double().reshape(-1) for n in names], -1)
+    ref_mean = torch.tensor([reference.params[n]["mean"] for n in names], dtype=torch.float64)
+    ref_sd = torch.tensor([reference.params[n]["sd"] for n in names], dtype=torch.float64)
+    err = ((values.mean(0) - ref_mean).abs() / ref_sd).tolist()
+    ratios = [
+        r for n, r in zip(names, (values.std(0) / ref_sd).tolist(), strict=True) if n not in sd_free
+    ]
+    row.mean_err_med, row.mean_err_max = statistics.median(err), max(err)
+    row.sd_ratio_min, row.sd_ratio_med, row.sd_ratio_max = (
+        min(ratios),
+        statistics.median(ratios),
+        max(ratios),
+    )
+    order = [n for n in reference.corr_order if n in quantities]
+    if len(order) > 1:
+        index = [reference.corr_order.index(n) for n in order]
+        ref_corr = torch.as_tensor(reference.corr, dtype=torch.float64)[index][:, index]
+        fitted = torch.corrcoef(torch.stack([quantities[n].double().reshape(-1) for n in order]))
+        gap = (fitted - ref_corr).abs()
+        row.corr_err_max = (
+            float(gap[torch.isfinite(gap)].max()) if bool(torch.isfinite(gap).any()) else math.nan
+        )
+
+
+def sd_free_quantities(posterior: Posterior) -> tuple[str, ...]:
+    """Reference quantities whose sd is not a target (no finite posterior variance)."""
+    return posterior.sd_free
+
+
+# -- svi_torch --------------------------------------------------------------------------------
+
+
+def _family(kind: str, dim: int):
+    import svi_torch as st
+
+    if kind == "meanfield":
+        return st.families.MeanFieldGaussian(dim)
+    if kind == "flow":
+        return st.families.NormalizingFlow(dim)
+    return st.families.FullRankGaussian(dim)
+
+
+def fit_svi_torch(posterior: Posterior, method: str, draws: int, seed: int, quick: bool) -> Row:
+    import svi_torch as st
+    from svi_torch.models import PyroModel
+
+    row = Row(posterior.name, method)
+    reference = load_reference(posterior.name)
+    data = posterior.pyro_data(reference.data)
+    if method == "auto-native":
+        if posterior.native is None:
+            row.status = "n/a (no native model)"
+            return row
+        model = posterior.native(reference.data)
+    else:
+        model = PyroModel(posterior.pyro_model, data_plate=posterior.data_plate, **data)
+    kind = {"auto-meanfield": "meanfield", "auto-flow": "flow"}.get(method, "fullrank")
+    family = _family(kind, model.dim)
+    chosen = {"auto-native": "auto", "auto-meanfield": "auto", "auto-flow": "auto"}.get(
+        method, method
+    )
+    if chosen not in st.methods.METHODS and chosen != "auto":
+        st.methods.resolve_method("auto")  # registers the built-ins
+        if chosen not in st.methods.METHODS:
+            row.status = f"n/a (no method {chosen!r} registered)"
+            return row
+    settings: dict[str, Any] = {"seed": seed}
+    if quick:
+        settings["steps"] = 300
+    wall, cpu = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = st.fit(model, family, method=chosen, **settings)
+    row.wall_s, row.cpu_s = time.perf_counter() - wall, time.process_time() - cpu
+    row.notes += sorted({str(w.message).split(";")[0][:120] for w in caught})
+    row.ended_on = result.method
+    row.grad_evals = result.grad_evals
+    score(row, posterior, result.sample(draws, seed=seed + 1), sd_free_quantities(posterior))
+    try:
+        diagnostics = result.diagnose(num_samples=draws, seed=seed + 2)
+        row.khat, row.elbo, row.elbo_se = diagnostics.khat, diagnostics.elbo, diagnostics.elbo_se
+    except (ValueError, TypeError, NotImplementedError) as err:
+        row.notes.append(f"no k-hat: {' '.join(str(err).split())[:120]}")
+    return row
+
+
+# -- Pyro ---------------------------------------------------------------------------------------
+
+
+def _pyro_fit(
+    posterior: Posterior, data: dict[str, Any], guide_name: str, lr: float, steps: int, seed: int
+):
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer import autoguide as ag
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model = posterior.pyro_model
+    make = {"amvn": ag.AutoMultivariateNormal, "normal": ag.AutoNormal}[guide_name]
+    # Pyro's own init functions draw from the prior first, which a flat (ImproperUniform)
+    # prior cannot do: a user writes Stan's start (uniform in [-2, 2] unconstrained) by hand.
+    guide = make(model, init_loc_fn=init_to_unconstrained_uniform)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
+    for _ in range(steps):
+        svi.step(**data)
+    return guide
+
+
+def _pyro_log_weights(posterior: Posterior, data: dict[str, Any], guide, num: int):
+    """Constrained draws of a fitted guide and :math:`\\log p(\\theta, D) - \\log q(\\theta)`.
+
+    Both densities in the constrained space (the guide's includes its Jacobian), so the
+    ratio is the posterior's importance weight; one trace per draw, which works for models
+    written for one draw too.
+    """
+    from pyro import poutine
+    from pyro.poutine.util import site_is_subsample
+
+    def total(trace) -> float:
+        trace.compute_log_prob()
+        return sum(
+            float(site["log_prob"].sum())
+            for site in trace.nodes.values()
+            if site["type"] == "sample" and not site_is_subsample(site)
+        )
+
+    draws: dict[str, list[torch.Tensor]] = {}
+    log_w = []
+    with torch.no_grad():
+        for _ in range(num):
+            guide_trace = poutine.trace(guide).get_trace(**data)
+            model_trace = poutine.trace(
+                poutine.replay(posterior.pyro_model, trace=guide_trace)
+            ).get_trace(**data)
+            log_w.append(total(model_trace) - total(guide_trace))
+            for name, site in model_trace.nodes.items():
+                if (
+                    site["type"] == "sample"
+                    and not site["is_observed"]
+                    and not site_is_subsample(site)
+                    or site["type"] == "sample"
+                    and site["infer"].get("_deterministic")
+                ):
+                    draws.setdefault(name, []).append(site["value"].detach())
+    return {k: torch.stack(v) for k, v in draws.items()}, torch.tensor(log_w, dtype=torch.float64)
+
+
+def fit_pyro(posterior: Posterior, method: str, draws: int, seed: int, quick: bool) -> Row:
+    from svi_torch.diagnostics import psis_khat
+
+    # The data are float64 (as JSON gives them) and an autoguide makes its parameters in the
+    # default dtype: a Pyro user sets float64 as the default (this runs in its own process).
+    torch.set_default_dtype(torch.float64)
+    row = Row(posterior.name, method)
+    reference = load_reference(posterior.name)
+    data = posterior.pyro_data(reference.data)
+    steps = 300 if quick else PYRO_STEPS
+    guide_name = "normal" if method == "pyro-normal" else "amvn"
+    wall, cpu = time.perf_counter(), time.process_time()
+    if method == "pyro-amvn-best":
+        best = None
+        for lr in PYRO_LR_GRID:
+            try:
+                guide = _pyro_fit(posterior, data, guide_name, lr, steps, seed)
+                samples, log_w = _pyro_log_weights(posterior, data, guide, max(100, draws // 10))
+            except (ValueError, RuntimeError) as err:
+                row.notes.append(f"lr {lr:g}: {type(err).__name__}")
+                continue
+            finite = log_w[torch.isfinite(log_w)]
+            elbo = float(finite.mean()) if finite.numel() == log_w.numel() else -math.inf
+            if best is None or elbo > best[0]:
+                best = (elbo, lr, guide)
+        if best is None:
+            raise RuntimeError("no learning rate of the grid completed")
+        row.ended_on = f"lr {best[1]:g}"
+        guide = best[2]
+        row.grad_evals = steps * len(PYRO_LR_GRID)
+    else:
+        guide = _pyro_fit(posterior, data, guide_name, PYRO_LR, steps, seed)
+        row.ended_on = f"lr {PYRO_LR:g}"
+        row.grad_evals = steps
+    row.wall_s, row.cpu_s = time.perf_counter() - wall, time.process_time() - cpu
+    samples, log_w = _pyro_log_weights(posterior, data, guide, draws)
+    score(row, posterior, samples, sd_free_quantities(posterior))
+    finite = log_w[torch.isfinite(log_w)]
+    if finite.numel() == log_w.numel():
+        row.elbo = float(log_w.mean())
+        row.elbo_se = float(log_w.std() / math.sqrt(log_w.numel()))
+        row.khat = psis_khat(log_w).value
+    else:
+        row.notes.append(f"{log_w.numel() - finite.numel()} draws with a non-finite weight")
+    return row
+
+
+# -- one job, in its own process ------------------------------------------------------------------
+
+
+def run_job(name: str, method: str, draws: int, seed: int, quick: bool) -> Row:
+    torch.set_num_threads(1)
+    posterior = load_posteriors([name])[name]
+    fit = fit_pyro if method.startswith("pyro-") else fit_svi_torch
+    try:
+        return fit(posterior, method, draws, seed, quick)
+    except Exception as err:  # a row that says what went wrong, not a lost run
+        row = Row(name, method)
+        row.status = f"error: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
+        return row
+
+
+def _worker(args: argparse.Namespace) -> int:
+    row = run_job(args.worker[0], args.worker[1], args.draws, args.seed, args.quick)
+    Path(args.worker[2]).write_text(json.dumps(asdict(row)))
+    return 0
+
+
+def run_isolated(
+    name: str, method: str, args: argparse.Namespace, log: Callable[[str], None]
+) -> Row:
+    """One job in a fresh process with a time limit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            name,
+            method,
+            str(out),
+        ]
+        command += ["--draws", str(args.draws), "--seed", str(args.seed)]
+        command += ["--quick"] if args.quick else []
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        began = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                command, capture_output=True, text=True, timeout=args.timeout, env=env
+            )
+        except subprocess.TimeoutExpired:
+            row = Row(name, method, status=f"timeout after {args.timeout:.0f} s")
+            row.wall_s = time.perf_counter() - began
+            log(_line(row))
+            return row
+        if out.is_file():
+            row = Row(**json.loads(out.read_text()))
+        else:
+            tail = " ".join(proc.stderr.strip().splitlines()[-1:])[:200]
+            row = Row(name, method, status=f"crashed (exit {proc.returncode}): {tail}")
+    log(_line(row))
+    return row
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}f}"
+
+
+def _line(row: Row) -> str:
+    return (
+        f"{row.posterior[:40]:40s} {row.method:15s} {row.status[:40]:40s} "
+        f"err {_fmt(row.mean_err_med)}/{_fmt(row.mean_err_max)} "
+        f"sd {_fmt(row.sd_ratio_min)}-{_fmt(row.sd_ratio_max)} khat {_fmt(row.khat)} "
+        f"wall {_fmt(row.wall_s, 1)}s {row.ended_on}"
+    )
+
+
+def _meets_targets(row: Row) -> str:
+    """Issue 12's accuracy targets: median mean error < 0.1 sd, median sd ratio 0.9-1.1."""
+    if row.status != "ok":
+        return "no"
+    ok = row.mean_err_med < 0.1 and 0.9 <= row.sd_ratio_med <= 1.1
+    if ok:
+        return "yes"
+    return "no (k-hat > 0.7 flags it)" if row.khat > 0.7 else "no"
+
+
+def markdown(rows: list[Row], command: str, total_wall: float, methods: list[str]) -> str:
+    import pyro
+
+    lines = [
+        f"Generated by `{command}` in {total_wall:.0f} s wall time; torch {torch.__version__}, "
+        f"pyro {pyro.__version__}, Python {platform.python_version()}, one thread per fit, "
+        "each fit in its own process.",
+        "",
+        "Columns: mean error |E_q θ - E_ref θ| / sd_ref (median and max over the reference "
+        "quantities); sd_q / sd_ref (min, median, max; quantities with no finite posterior "
+        "variance left out); max |corr_q - corr_ref|; PSIS k-hat of log p(θ, D) - log q(θ) "
+        "(< 0.5 good, 0.5-0.7 ok, > 0.7 bad); ELBO; wall and CPU seconds of the fit; "
+        "gradient evaluations in full-data units; what the fit ended on (svi_torch: "
+        "`result.method`; Pyro: the learning rate).",
+        "",
+    ]
+    posteriors = list(dict.fromkeys(r.posterior for r in rows))
+    header = (
+        "| method | status | ended on | err med | err max | sd min | sd med | sd max | "
+        "max Δcorr | k-hat | ELBO | wall s | CPU s | grad evals | targets |"
+    )
+    for name in posteriors:
+        lines += [f"### {name}", "", header, "|" + "---|" * 15]
+        for row in rows:
+            if row.posterior != name:
+                continue
+            lines.append(
+                f"| {row.method} | {row.status} | {row.ended_on} | {_fmt(row.mean_err_med)} "
+                f"| {_fmt(row.mean_err_max)} | {_fmt(row.sd_ratio_min)} | {_fmt(row.sd_ratio_med)} "
+                f"| {_fmt(row.sd_ratio_max)} | {_fmt(row.corr_err_max)} | {_fmt(row.khat)} "
+                f"| {_fmt(row.elbo, 1)} | {_fmt(row.wall_s, 1)} | {_fmt(row.cpu_s, 1)} "
+                f"| {_fmt(row.grad_evals, 0)} | {_meets_targets(row)} |"
+            )
+        lines.append("")
+    lines += summary(rows, posteriors, methods)
+    return "\n".join(lines)
+
+
+def summary(rows: list[Row], posteriors: list[str], methods: list[str]) -> list[str]:
+    """Per method: fits completed, targets met, total wall time and gradient evaluations."""
+    lines = [
+        "### Summary",
+        "",
+        "| method | completed | targets met | flagged by k-hat > 0.7 | total wall s | total grad evals |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        mine = [r for r in rows if r.method == method and not r.status.startswith("n/a")]
+        if not mine:
+            continue
+        done = [r for r in mine if r.status == "ok"]
+        met = [r for r in done if _meets_targets(r) == "yes"]
+        flagged = [r for r in done if _meets_targets(r) != "yes" and r.khat > 0.7]
+        wall = sum(r.wall_s for r in done)
+        evals = sum(r.grad_evals for r in done if math.isfinite(r.grad_evals))
+        lines.append(
+            f"| {method} | {len(done)}/{len(mine)} | {len(met)} | {len(flagged)} | "
+            f"{wall:.0f} | {evals:.0f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def write_results(path: Path, table: str) -> None:
+    """Replace the generated block of ``path`` (between markers), keeping the prose."""
+    block = f"{MARK_START}\n{table}\n{MARK_END}"
+    if path.exists():
+        text = path.read_text()
+        if MARK_START in text and MARK_END in text:
+            head, rest = text.split(MARK_START, 1)
+            _, tail = rest.split(MARK_END, 1)
+            path.write_text(head + block + tail)
+            return
+    path.write_text(f"# svi_torch on fifteen posteriordb posteriors\n\n{block}\n")
+
+
+QUICK_POSTERIORS = (
+    "eight_schools-eight_schools_noncentered",
+    "kidiq-kidscore_interaction",
+    "gp_pois_regr-gp_regr",
+)
+QUICK_METHODS = ("auto", "auto-native", "pyro-amvn")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="3 posteriors, 3 methods, short budgets"
+    )
+    parser.add_argument(
+        "--posteriors", nargs="*", default=None, help="posteriordb names (default: all)"
+    )
+    parser.add_argument(
+        "--methods", nargs="*", default=None, help=f"of {SVI_METHODS + PYRO_METHODS}"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="fits run side by side")
+    parser.add_argument("--draws", type=int, default=None, help="draws of q for the scores")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per fit")
+    parser.add_argument("--out", type=Path, default=None, help="markdown file to (re)write")
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("POSTERIOR", "METHOD", "OUT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.draws is None:
+        args.draws = 400 if args.quick else 2000
+    if args.worker:
+        return _worker(args)
+    if args.timeout is None:
+        args.timeout = 600.0 if args.quick else 3600.0
+    available = load_posteriors()
+    names = args.posteriors or (list(QUICK_POSTERIORS) if args.quick else list(available))
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        print(
+            f"error: unknown posterior(s) {unknown}; the suite has {sorted(available)}",
+            file=sys.stderr,
+        )
+        return 2
+    methods = args.methods or list(QUICK_METHODS if args.quick else SVI_METHODS + PYRO_METHODS)
+    bad = [m for m in methods if m not in SVI_METHODS + PYRO_METHODS]
+    if bad:
+        print(
+            f"error: unknown method(s) {bad}; choose from {SVI_METHODS + PYRO_METHODS}",
+            file=sys.stderr,
+        )
+        return 2
+    jobs = [(n, m) for n in names for m in methods]
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda job: run_isolated(*job, args, print), jobs))
+    total = time.perf_counter() - began
+    shown = argv if argv is not None else sys.argv[1:]
+    command = "python benchmarks/posteriordb/run.py " + shlex.join(shown)
+    table = markdown(rows, command.strip(), total, methods)
+    print(table)
+    if args.out is not None:
+        write_results(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
