@@ -77,7 +77,7 @@ __all__ = ["Auto"]
 #: Above this k-hat the fit is flagged (Yao et al. 2018).
 KHAT_WARN = 0.7
 #: Stop-rule window of the natural-gradient stages (steps).
-NGVI_WINDOW = 250
+NGVI_WINDOW = 100
 
 
 @register_method
