@@ -28,7 +28,7 @@ on the full data (for a density-only target, :math:`\\log p` is its unnormalised
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -105,7 +105,9 @@ def psis_khat(log_weights: Tensor) -> KHat:
 
     Returns:
         :class:`KHat`. Constant weights (``q`` equal to the posterior up to rounding) give
-        :math:`\\hat k = -\\infty`, a bounded tail, read ``"good"``.
+        :math:`\\hat k = -\\infty`, a bounded tail, read ``"good"``. Weights so spread that
+        a quarter of the tail underflows against the largest (more than ~745 nats below it:
+        one draw carries all the mass) give :math:`\\hat k = +\\infty`, read ``"bad"``.
     """
     return _fit_tail(log_weights).khat
 
@@ -191,7 +193,13 @@ def _fit_tail(log_weights: Tensor) -> _Tail:
 
     try:
         khat, sigma = fit_generalized_pareto(exceedances)
-    except ZeroDivisionError:  # a tail too flat to fit: bounded, as above
+    except ZeroDivisionError:
+        # The fit divides by the tail's lower-quartile exceedance, which is zero here. When
+        # the threshold weight itself underflows (it is below exp(-745) of the largest), the
+        # weights span more than float64 can hold: a tail heavier than any fitted Pareto,
+        # where the largest weight carries all the mass. Otherwise ties make it flat.
+        if float(torch.exp(threshold)) == 0.0:
+            return replace(flat, khat=KHat(math.inf, "bad", tail_size))
         return flat
     khat = float(khat)
     return _Tail(

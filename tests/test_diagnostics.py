@@ -179,3 +179,14 @@ def test_psis_smooth_replaces_only_the_tail_and_keeps_its_order():
     assert largest(smoothed) < largest(log_w)  # measured 0.067 against 0.099
     flat, flat_khat = psis_smooth(torch.zeros(100, dtype=torch.float64))
     assert torch.equal(flat, torch.zeros(100, dtype=torch.float64)) and flat_khat.value == -math.inf
+
+
+def test_psis_khat_is_bad_when_one_weight_carries_all_the_mass():
+    """Log weights 50 nats apart (a q far too narrow, as a flow fitted at a poor scale gives):
+    all but the few largest underflow against the largest, the Pareto fit cannot divide by
+    the tail's quartile, and the tail is the heaviest possible, not a flat one."""
+    log_w = torch.linspace(-100_000.0, 0.0, 2000, dtype=torch.float64)
+    khat = psis_khat(log_w)
+    assert khat.value == math.inf and khat.reading == "bad"
+    smoothed, smoothed_khat = psis_smooth(log_w)
+    assert smoothed_khat == khat and torch.equal(smoothed, log_w)  # nothing to smooth with

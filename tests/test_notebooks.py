@@ -28,6 +28,7 @@ EXPECTED = [
     "05_conjugate_exactness",
     "06_scaling_with_minibatches",
     "07_strengths_and_limits",
+    "08_a_real_model",
 ]
 #: Seconds a whole notebook may take under pytest (they take well under a minute on an idle
 #: laptop; the margin is for loaded CI machines).

@@ -106,7 +106,10 @@ def posterior_predictive(
         >>> draws["y"].shape  # doctest: +SKIP
         torch.Size([200, 10])
     """
-    _no_data_check(model, "posterior predictive")
+    if type(model).simulate is Model.simulate:
+        # A model that simulates has a predictive even without data arrays (a Pyro model
+        # with no data plate replays the whole model); a density-only target does not.
+        _no_data_check(model, "posterior predictive")
     batch = None if data is None else as_batch(model, data)
     rows = model.num_data if batch is None else next(iter(batch.values())).shape[0]
     # Blocks of draws only: simulate sees whole data sets (a model may couple its rows).

@@ -256,11 +256,21 @@ class FitResult:
             seed=seed,
         )
 
-    def ppc_figure(self, num_samples: int = 100, seed: int | None = DEFAULT_SEED) -> Any:
-        """Posterior predictive check figure; see :func:`svi_torch.posterior.ppc_figure`."""
+    def ppc_figure(
+        self,
+        num_samples: int = 100,
+        seed: int | None = DEFAULT_SEED,
+        observed: Mapping[str, Tensor] | None = None,
+    ) -> Any:
+        """Posterior predictive check figure; see :func:`svi_torch.posterior.ppc_figure`.
+
+        ``observed`` maps the simulated arrays' names to the data (default: the model's data
+        arrays of those names; a Pyro model's data are its sites' ``obs``, so pass them,
+        e.g. ``observed={"y": y}``).
+        """
         from ..posterior.plots import ppc_figure
 
-        return ppc_figure(self.model, self.family, num_samples, seed)
+        return ppc_figure(self.model, self.family, num_samples, seed, observed=observed)
 
 
 def estimate_elbo(
