@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, DataSection
+from .config import Config, ConfigError, DataSection, build_method
 from .families.base import VariationalFamily
-from .methods.base import Method, method_from_config
+from .methods.base import Method
 from .models import synthetic
 from .models.base import Model
 from .objectives.base import Objective
@@ -150,6 +150,9 @@ def build_model(config: Config) -> Model:
             f"model.name {config.model.name!r} gave a {type(model).__name__}, not an "
             "svi_torch.models.Model"
         )
+    if config.train.dtype is not None:
+        # The family follows the model's dtype (see build_family and fit).
+        model.to(getattr(torch, config.train.dtype))
     return model
 
 
@@ -191,14 +194,6 @@ def build_objective(config: Config) -> Objective | None:
         raise ConfigError(f"objective {config.objective.name!r}: {_one_line(err)}") from None
 
 
-def build_method(config: Config) -> Method:
-    """The method value of ``config.method`` (``{name, options}``)."""
-    try:
-        return method_from_config(config.method.name, dict(config.method.options))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"method: {_one_line(err)}") from None
-
-
 def train_settings(config: Config, checkpoint_path: Path | None, resume: bool) -> TrainConfig:
     """The loop's settings; progress bar off (the CLI decides)."""
     train, log = config.train, config.logging
@@ -208,7 +203,7 @@ def train_settings(config: Config, checkpoint_path: Path | None, resume: bool) -
         batch_size=train.batch_size,
         convergence=train.convergence,
         seed=train.seed,
-        device=torch.device(train.device),
+        device=train.device,  # a string: messages then say 'cuda', not device(type='cuda')
         progress=False,
         log_every=log.log_every,
         checkpoint_path=checkpoint_path,
