@@ -10,6 +10,7 @@ naming the config section, so the command line can refuse a run before it starts
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +145,13 @@ def build_model(config: Config) -> Model:
     try:
         model = entry.factory(**arrays, **config.model.options)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"model {config.model.name!r}: {_one_line(err)}") from None
+        message = _one_line(err)
+        if config.data.source not in ("synthetic", "none") and any(
+            re.match(rf"{re.escape(name)}\b", message) for name in arrays
+        ):
+            # About an array of the file (NaN, lengths, dtype): the data are the problem.
+            raise ConfigError(f"data.source {config.data.source}: {message}") from None
+        raise ConfigError(f"model {config.model.name!r}: {message}") from None
     if not isinstance(model, Model):
         raise ConfigError(
             f"model.name {config.model.name!r} gave a {type(model).__name__}, not an "

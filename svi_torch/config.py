@@ -484,7 +484,8 @@ def build_method(config: Config) -> Any:
         return method_from_config(config.method.name, options)
     except (TypeError, ValueError) as err:
         message = " ".join(str(err).split())
-        named = [k for k in options if re.search(rf"\b{re.escape(k)}\b", message)]
+        problem = message.split("; ")[0]  # not the list of choices after it
+        named = [k for k in options if re.search(rf"\b{re.escape(k)}\b", problem)]
         if message.startswith("unknown method"):
             key = "method.name"
         elif len(named) == 1:

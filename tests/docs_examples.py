@@ -16,8 +16,8 @@ block's variables fails with ``NameError`` here as it would for a reader.
   the run produces and the test checks. Tensors compare as lists, one-element tensors as
   numbers.
 * ``bash``: the block runs as one ``bash -euo pipefail`` script in the scratch directory
-  (``experiments/`` linked there), with the placeholders of :data:`PLACEHOLDERS`
-  replaced. ``make TARGET`` is a dry run (``make -n``): installing is the fresh-clone
+  (``experiments/`` linked there, the files of :data:`FILES` written there), with the
+  placeholders of :data:`PLACEHOLDERS` replaced. ``make TARGET`` is a dry run (``make -n``): installing is the fresh-clone
   check's job (``tests/scripts/fresh_clone.sh``). A command with ``--nnodes N`` runs as
   ``N`` concurrent copies, the nodes of one job on this machine.
 * ``yaml``: a config (or part of one): it must load, validate and build (model, family,
@@ -51,8 +51,11 @@ PLACEHOLDERS = {
     "CONFIG.yaml": str(QUICK),
     "runs/<run>": '"$(ls -td runs/*/ | head -n 1)"',
     "RUN_DIR": '"$(ls -td runs/*/ | head -n 1)"',
-    "HOST:29400": "127.0.0.1:29477",
+    "HOST:29400": "127.0.0.1:{free_port}",  # a port free on this machine when the block runs
 }
+
+#: Files a reader would bring (their own data), written into the scratch directory.
+FILES = {"new.csv": "x1,x2,x3\n0.0,0.0,0.0\n1.0,-1.0,2.0\n"}
 
 _NUMBER = r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?"
 _PLUS_MINUS = re.compile(rf"(?P<value>{_NUMBER})\s*±\s*(?P<tol>{_NUMBER})")
@@ -245,16 +248,27 @@ def _shifted(node: ast.AST, lines: int) -> ast.AST:
 def shell_script(source: str) -> str:
     """The block as the script the test runs: placeholders replaced, ``make`` dry-run."""
     lines = []
+    port = str(_free_port())
     for line in source.replace("\\\n", " ").splitlines():
         for placeholder, value in PLACEHOLDERS.items():
-            line = line.replace(placeholder, value)
+            line = line.replace(placeholder, value.replace("{free_port}", port))
         line = re.sub(r"^(\s*)make ", rf"\1make -n -C {ROOT} ", line)
         nodes = re.search(r"--nnodes\s+(\d+)", line)
         if nodes and not line.lstrip().startswith("#"):
             command = line.split(" #")[0]
-            line = " ; ".join([f"( {command} ) &"] * int(nodes[1])) + " ; wait"
+            copies = range(int(nodes[1]))
+            line = " ".join(f"( {command} ) & node{i}=$!;" for i in copies)
+            line += " " + " && ".join(f"wait $node{i}" for i in copies)  # each one's status
         lines.append(line)
     return "\n".join(lines)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_shell(block: Block, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -262,6 +276,8 @@ def run_shell(block: Block, cwd: Path, timeout: float = 900) -> subprocess.Compl
     link = cwd / "experiments"
     if not link.exists():
         link.symlink_to(ROOT / "experiments")
+    for name, text in FILES.items():
+        (cwd / name).write_text(text)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(MPLBACKEND="Agg", OMP_NUM_THREADS="1")
@@ -294,7 +310,9 @@ def check_yaml(block: Block) -> None:
         raw = load_yaml(block.source)
         build(config_from_dict(raw or {}))
     except ConfigError as err:
-        raise ExampleError(f"{block.path.name}:{block.line}: the config is refused: {err}") from None
+        raise ExampleError(
+            f"{block.path.name}:{block.line}: the config is refused: {err}"
+        ) from None
 
 
 def run_block(block: Block, cwd: Path) -> None:

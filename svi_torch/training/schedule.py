@@ -15,7 +15,7 @@ is what lets minibatch VI reach a conjugate posterior to within hundredths of a 
 
 A run resumed with a larger budget :math:`T' > T` re-plans the schedule
 (:meth:`LRSchedule.extend`): still exploring, the refine phase starts at
-``average_from`` :math:`\cdot T'` (the plan of a fresh run of :math:`T'` steps, so the
+``average_from`` :math:`\\cdot T'` (the plan of a fresh run of :math:`T'` steps, so the
 resumed run ends where that run would); already refining or finished, the refine phase
 keeps its start and its cosine decay is stretched to end at :math:`T'`, the average
 going on over the old and the new iterates.
