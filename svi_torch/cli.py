@@ -7,10 +7,12 @@ Commands::
     svi-torch predict RUN [--data FILE] [--num-samples N] [--seed S] [--out FILE]
     svi-torch list
     svi-torch study NAME [--set key=value ...] [--logdir DIR] [--quick]
+    svi-torch --version
 
 Without a config, ``train`` runs the built-in quickstart (``svi_torch/configs/quickstart.yaml``).
-Invalid configs and overrides print one line on stderr and exit with status 2 before any
-run directory is created.
+Invalid configs and overrides print one line on stderr naming the config key and exit
+with status 2 before any run directory is created (or, with ``--resume``, touched); the
+``run directory:`` line comes only once the run starts.
 """
 
 from __future__ import annotations
