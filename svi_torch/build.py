@@ -10,6 +10,7 @@ naming the config section, so the command line can refuse a run before it starts
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, DataSection
+from .config import Config, ConfigError, DataSection, build_method
 from .families.base import VariationalFamily
-from .methods.base import Method, method_from_config
+from .methods.base import Method
 from .models import synthetic
 from .models.base import Model
 from .objectives.base import Objective
@@ -144,12 +145,21 @@ def build_model(config: Config) -> Model:
     try:
         model = entry.factory(**arrays, **config.model.options)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"model {config.model.name!r}: {_one_line(err)}") from None
+        message = _one_line(err)
+        if config.data.source not in ("synthetic", "none") and any(
+            re.match(rf"{re.escape(name)}\b", message) for name in arrays
+        ):
+            # About an array of the file (NaN, lengths, dtype): the data are the problem.
+            raise ConfigError(f"data.source {config.data.source}: {message}") from None
+        raise ConfigError(f"model {config.model.name!r}: {message}") from None
     if not isinstance(model, Model):
         raise ConfigError(
             f"model.name {config.model.name!r} gave a {type(model).__name__}, not an "
             "svi_torch.models.Model"
         )
+    if config.train.dtype is not None:
+        # The family follows the model's dtype (see build_family and fit).
+        model.to(getattr(torch, config.train.dtype))
     return model
 
 
@@ -191,14 +201,6 @@ def build_objective(config: Config) -> Objective | None:
         raise ConfigError(f"objective {config.objective.name!r}: {_one_line(err)}") from None
 
 
-def build_method(config: Config) -> Method:
-    """The method value of ``config.method`` (``{name, options}``)."""
-    try:
-        return method_from_config(config.method.name, dict(config.method.options))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"method: {_one_line(err)}") from None
-
-
 def train_settings(config: Config, checkpoint_path: Path | None, resume: bool) -> TrainConfig:
     """The loop's settings; progress bar off (the CLI decides)."""
     train, log = config.train, config.logging
@@ -208,7 +210,7 @@ def train_settings(config: Config, checkpoint_path: Path | None, resume: bool) -
         batch_size=train.batch_size,
         convergence=train.convergence,
         seed=train.seed,
-        device=torch.device(train.device),
+        device=train.device,  # a string: messages then say 'cuda', not device(type='cuda')
         progress=False,
         log_every=log.log_every,
         checkpoint_path=checkpoint_path,

@@ -7,10 +7,12 @@ Commands::
     svi-torch predict RUN [--data FILE] [--num-samples N] [--seed S] [--out FILE]
     svi-torch list
     svi-torch study NAME [--set key=value ...] [--logdir DIR] [--quick]
+    svi-torch --version
 
 Without a config, ``train`` runs the built-in quickstart (``svi_torch/configs/quickstart.yaml``).
-Invalid configs and overrides print one line on stderr and exit with status 2 before any
-run directory is created.
+Invalid configs and overrides print one line on stderr naming the config key and exit
+with status 2 before any run directory is created (or, with ``--resume``, touched); the
+``run directory:`` line comes only once the run starts.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svi-torch", description="Stochastic variational inference in PyTorch."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train from a YAML config (none: the built-in quickstart)")
@@ -68,6 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--quick", action="store_true", help="a tiny grid (under a minute)")
     study.add_argument("--quiet", action="store_true", help="print only the study directory")
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own when run from a checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    try:
+        return version("svi_torch")
+    except PackageNotFoundError:
+        return __version__
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -116,29 +131,76 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         train_run(config, run_dir, resume=args.resume, progress=False)
         return 0
     say = (lambda *a: None) if args.quiet else print
-    say(f"run directory: {run_dir}")
     start = time.perf_counter()
-    outcome = train_run(config, run_dir, resume=args.resume, progress=False if args.quiet else None)
-    m = outcome.metrics
-    say(
-        f"steps: {m['steps']} ({m['steps_per_s']:.0f} steps/s, "
-        f"{time.perf_counter() - start:.1f} s in all); stop: {m['stop_reason']}"
+    outcome = train_run(
+        config,
+        run_dir,
+        resume=args.resume,
+        progress=False if args.quiet else None,
+        # Printed once everything is checked: a refused run names no directory.
+        on_start=lambda d: say(f"run directory: {d}"),
     )
-    say(f"method: {m['method']}")
-    line = f"ELBO: {m['elbo']:.3f} +- {m['elbo_se']:.3f}"
-    if "log_evidence" in m:
-        line += f"   log p(D): {m['log_evidence']:.3f}"
-    say(line)
-    if "kl_posterior" in m:
-        say(f"KL(q || exact posterior): {m['kl_posterior']:.4g} nats")
-    say(f"KL(q || prior): {m['kl_prior']:.4g} nats ({m['kl_prior_method']})")
-    for name, stats in list(m["posterior"].items())[:12]:
-        say(f"  {name:12s} mean {stats['mean']:+.4f}  sd {stats['sd']:.4f}")
-    say(f"metrics: {run_dir / 'metrics.json'}")
-    say(f"view in TensorBoard:  tensorboard --logdir {run_dir.parent}")
+    for line in report_lines(outcome.metrics, run_dir, time.perf_counter() - start):
+        say(line)
     if args.quiet:
         print(run_dir)
     return 0
+
+
+#: Parameters printed after a run; the rest are in metrics.json and `svi-torch summary`.
+MAX_PRINTED_PARAMETERS = 20
+
+#: What a PSIS k-hat reading means for the fit (Yao et al. 2018).
+KHAT_MEANING = {
+    "good": "q covers the posterior well enough for importance sampling",
+    "ok": "usable with care",
+    "bad": "q misses posterior mass; do not trust its tails or sds",
+}
+
+
+def report_lines(metrics: dict, run_dir: Path, seconds: float) -> list[str]:
+    """The printout of a finished run: result, diagnostics, parameters and files."""
+    m = metrics
+    lines = [
+        f"steps: {m['steps']} ({m['steps_per_s']:.0f} steps/s, {seconds:.1f} s in all); "
+        f"stop: {m['stop_reason']}",
+        f"method: {m['method']}",
+    ]
+    line = f"ELBO: {m['elbo']:.3f} ± {m['elbo_se']:.3f}"
+    if "log_evidence" in m:
+        gap = m["log_evidence"] - m["elbo"]
+        line += (
+            f"   log p(D): {m['log_evidence']:.3f} (exact)"
+            f"   gap log p(D) - ELBO: {gap:.3f} ± {m['elbo_se']:.3f}"
+        )
+    lines.append(line)
+    if "kl_posterior" in m:
+        lines.append(
+            f"KL(q || exact posterior): {m['kl_posterior']:.4g} nats ({m['kl_posterior_method']})"
+        )
+    lines.append(f"KL(q || prior): {m['kl_prior']:.4g} nats ({m['kl_prior_method']})")
+    if m.get("diagnostics/khat") is not None:
+        reading = m.get("diagnostics/khat_reading", "")
+        lines.append(
+            f"PSIS k-hat: {m['diagnostics/khat']:.3f} ({reading}: {KHAT_MEANING.get(reading, '')})"
+        )
+    elif "diagnostics/unavailable" in m:
+        lines.append(f"PSIS k-hat: not computed ({m['diagnostics/unavailable']})")
+    posterior = list(m["posterior"].items())
+    shown = posterior[:MAX_PRINTED_PARAMETERS]
+    width = max((len(name) for name, _ in shown), default=0)
+    lines.append("posterior (mean, sd):")
+    for name, stats in shown:
+        lines.append(f"  {name:<{width}}  mean {stats['mean']:+.4f}  sd {stats['sd']:.4f}")
+    if len(posterior) > len(shown):
+        lines.append(
+            f"  ... and {len(posterior) - len(shown)} more (all in metrics.json; "
+            f"svi-torch summary {run_dir})"
+        )
+    lines.append("files:")
+    lines += [f"  {path}" for path in sorted(p for p in run_dir.iterdir() if p.is_file())]
+    lines.append(f"view in TensorBoard:  tensorboard --logdir {run_dir.parent}")
+    return lines
 
 
 # -- list -------------------------------------------------------------------------------
@@ -179,8 +241,6 @@ def _study(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     outdir = Path(args.logdir) / f"{stamp}_study-{args.name}{'-quick' if args.quick else ''}"
     existed = outdir.exists()
-    if not args.quiet:
-        print(f"study directory: {outdir}")
     try:
         result = entry.factory(outdir, quick=args.quick, overrides=overrides)
     except ConfigError:
@@ -192,7 +252,11 @@ def _study(args: argparse.Namespace) -> int:
     if args.quiet:
         print(outdir)
     else:
+        # Printed once the study ran: a refused study names no directory.
+        print(f"study directory: {outdir}")
         print(f"summary: {outdir / 'summary.csv'}")
+        for figure in sorted(outdir.rglob("*.png")):
+            print(f"figure: {figure}")
         print(f"view in TensorBoard:  tensorboard --logdir {outdir}")
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -124,7 +125,10 @@ class TrainSection:
     """Length of the run (``steps`` or ``epochs``), batch size, stop rule, seed and device.
 
     ``num_threads`` sets ``torch.set_num_threads`` for the run (``null``: torch's default);
-    small models run fastest on one thread, especially on a shared machine.
+    small models run fastest on one thread, especially on a shared machine. ``dtype``
+    (``float32`` or ``float64``) converts the model's data, and so the family, before the
+    fit; ``null`` keeps the data's own dtype (float32 for the generators, float64 for
+    files).
     """
 
     steps: int | None = None
@@ -135,6 +139,7 @@ class TrainSection:
     device: str = "cpu"
     max_bad_steps: int = 20
     num_threads: int | None = None
+    dtype: str | None = None
 
 
 @dataclass
@@ -168,6 +173,26 @@ class Config:
     logging: LoggingSection = field(default_factory=LoggingSection)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-2`` and ``3E5`` as floats (as YAML 1.2 does).
+
+    PyYAML follows YAML 1.1, where an exponent without a dot (``1e-2``) is a string. With
+    this loader a string in a numeric key is always one the user quoted, and is refused.
+    """
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with :class:`ConfigLoader`'s numbers."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def default_config_path(name: str = "quickstart") -> Path:
     """Path of a config shipped inside the package (``svi_torch/configs/NAME.yaml``)."""
     return Path(__file__).parent / "configs" / f"{name}.yaml"
@@ -190,7 +215,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as err:
         first = " ".join(str(err).split())
         raise ConfigError(f"{path} is not valid YAML: {first}") from None
@@ -198,7 +223,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
-    return config_from_dict(raw, overrides)
+    return config_from_dict(_data_relative_to(raw, path.parent), overrides)
+
+
+def _data_relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``raw`` with a relative ``data.source`` file path made absolute against ``base``."""
+    data = raw.get("data")
+    source = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source, str) or source in ("synthetic", "none"):
+        return raw
+    if Path(source).expanduser().is_absolute():
+        return raw
+    return {**raw, "data": {**data, "source": str((base / source).resolve())}}
 
 
 def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
@@ -206,6 +242,7 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     raw = apply_overrides(raw, overrides or [])
     if isinstance(raw, dict) and "optimizer" in raw:
         raise ConfigError(_optimizer_section_moved(raw["optimizer"]))
+    raw = _data_relative_to(raw, Path.cwd())  # what is left relative came from --set
     config = dataclass_from_dict(Config, raw, "")
     validate(config)
     return config
@@ -226,7 +263,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if any(not p for p in parts):
         raise ConfigError(f"override key {key!r} has an empty part; write e.g. train.steps")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = load_yaml(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value  # not YAML: keep the text, the type check names the key if wrong
     return parts, parsed
@@ -275,9 +312,15 @@ def dataclass_from_dict(cls: type, raw: Any, prefix: str) -> Any:
         if key not in names:
             dotted = f"{prefix}.{key}" if prefix else str(key)
             kind = "section" if not prefix else "key"
+            hint = ""
+            if "options" in names and prefix:
+                hint = (
+                    f" (constructor arguments go under '{prefix}.options', e.g. "
+                    f"{prefix}: {{name: ..., options: {{{key}: ...}}}})"
+                )
             raise ConfigError(
                 f"unknown config {kind} {dotted!r}; valid {kind}s"
-                f"{f' in {prefix!r}' if prefix else ''}: {', '.join(names)}"
+                f"{f' in {prefix!r}' if prefix else ''}: {', '.join(names)}{hint}"
             )
     values = {}
     for name in names:
@@ -306,15 +349,12 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
             return value
         raise ConfigError(f"config key {key!r} must be true or false, got {_describe(value)}")
     if annotation is int:
-        number = _as_number(value)
-        if number is not None and float(number).is_integer() and math.isfinite(number):
+        number = _as_number(value, key, "an integer")
+        if float(number).is_integer() and math.isfinite(number):
             return int(number)
         raise ConfigError(f"config key {key!r} must be an integer, got {_describe(value)}")
     if annotation is float:
-        number = _as_number(value)
-        if number is not None:
-            return float(number)
-        raise ConfigError(f"config key {key!r} must be a number, got {_describe(value)}")
+        return float(_as_number(value, key, "a number"))
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -332,18 +372,23 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a schema bug
 
 
-def _as_number(value: Any) -> float | int | None:
-    """Numbers, and strings like ``"1e-2"`` (YAML 1.1 reads ``1e-2`` as a string)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
+def _as_number(value: Any, key: str, kind: str) -> float | int:
+    """``value`` if it is a number (bools and strings refused, with the key named).
+
+    A quoted number (``steps: "1000"``) is a string: refused rather than converted, so that
+    what a file says and what runs cannot differ. (``1e-2`` is read as a number, see
+    :class:`ConfigLoader`.)
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return value
+    hint = ""
     if isinstance(value, str):
         try:
-            return float(value)
+            float(value)
+            hint = " (a quoted number: write it without quotes)"
         except ValueError:
-            return None
-    return None
+            pass
+    raise ConfigError(f"config key {key!r} must be {kind}, got {_describe(value)}{hint}")
 
 
 def _describe(value: Any) -> str:
@@ -366,7 +411,7 @@ def validate(config: Config) -> None:
             registry.get(section.name)
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
-    _build_method(config)
+    build_method(config)
     train, log, data = config.train, config.logging, config.data
     _positive(train.steps, "train.steps")
     _positive(train.epochs, "train.epochs")
@@ -377,6 +422,11 @@ def validate(config: Config) -> None:
     _positive(train.num_threads, "train.num_threads")
     if train.device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"train.device must be cpu, cuda[:N] or mps; got {train.device!r}")
+    _check_device(train.device)
+    if train.dtype not in DTYPES:
+        raise ConfigError(
+            f"train.dtype must be one of {', '.join(map(str, DTYPES))}; got {train.dtype!r}"
+        )
     _positive(log.log_every, "logging.log_every")
     for key in ("grad_stats_every", "histogram_every"):
         every = getattr(log, key)
@@ -405,14 +455,44 @@ def validate(config: Config) -> None:
             raise ConfigError(f"data.source {data.source!r} does not exist; check the path")
 
 
-def _build_method(config: Config) -> Any:
-    """The method value of ``config.method`` (validates its name and options)."""
-    from .methods.base import method_from_config
+#: ``train.dtype`` choices (``None``: the data's own dtype).
+DTYPES = (None, "float32", "float64")
+
+
+def _check_device(device: str) -> None:
+    """One line naming ``train.device`` when this machine lacks the device."""
+    from .training.preflight import parse_device
 
     try:
-        return method_from_config(config.method.name, dict(config.method.options))
+        parse_device(device)
+    except ValueError as err:
+        message = " ".join(str(err).split()).replace(f"device={device!r}", repr(device))
+        raise ConfigError(f"train.device: {message}") from None
+
+
+def build_method(config: Config) -> Any:
+    """The method value of ``config.method``; a one-line error naming the key otherwise.
+
+    The error names ``method.options.<key>`` when it is about one option (``unknown
+    optimizer 'adamw2'`` names ``method.options.optimizer``), else ``method.name`` or
+    ``method``.
+    """
+    from .methods.base import method_from_config
+
+    options = dict(config.method.options)
+    try:
+        return method_from_config(config.method.name, options)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"method: {' '.join(str(err).split())}") from None
+        message = " ".join(str(err).split())
+        problem = message.split("; ")[0]  # not the list of choices after it
+        named = [k for k in options if re.search(rf"\b{re.escape(k)}\b", problem)]
+        if message.startswith("unknown method"):
+            key = "method.name"
+        elif len(named) == 1:
+            key = f"method.options.{named[0]}"
+        else:
+            key = "method"
+        raise ConfigError(f"{key}: {message}") from None
 
 
 def _optimizer_section_moved(section: Any) -> str:

@@ -28,7 +28,9 @@ import dataclasses
 import json
 import math
 import re
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +69,16 @@ class RunOutcome:
 class RunInterrupted(Exception):
     """SIGINT/SIGTERM paused a run after writing its checkpoint."""
 
-    def __init__(self, signum: int, run_dir: Path) -> None:
+    def __init__(self, signum: int, run_dir: Path, step: int | None = None) -> None:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        at = f" at step {step}" if step is not None else ""
         super().__init__(
-            f"interrupted by signal {signum}; resume with `svi-torch train {run_dir} --resume`"
+            f"interrupted by {name}{at}; resume with `svi-torch train {run_dir} --resume`"
         )
-        self.signum, self.run_dir = signum, run_dir
+        self.signum, self.run_dir, self.step = signum, run_dir, step
 
 
 def run_name(config: Config, when: float | None = None) -> str:
@@ -107,17 +114,22 @@ def train_run(
     *,
     resume: bool = False,
     progress: bool | None = False,
+    on_start: Callable[[Path], None] | None = None,
 ) -> RunOutcome:
     """Train ``config`` with everything logged into ``run_dir``; see the module docstring.
 
+    Everything is checked before ``run_dir`` is created or touched: the config builds, the
+    method and the loop accept it, and a ``resume`` is one the run can honour
+    (:func:`check_resume`). ``on_start(run_dir)`` is called then, just before any work.
+
     Raises:
-        ConfigError: the config cannot be built or trained (nothing is written then), or
-            ``resume`` was asked without a checkpoint in ``run_dir``.
+        ConfigError: the config cannot be built or trained, or the resume cannot be done
+            (nothing is written then).
     """
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT_FILE
-    if resume and not checkpoint.is_file():
-        raise ConfigError(f"cannot resume: {checkpoint} does not exist")
+    if resume:
+        check_resume(run_dir, config)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
     built = build(config)
@@ -128,12 +140,14 @@ def train_run(
     except CheckpointError as err:
         raise ConfigError(str(err)) from None
     except (TypeError, ValueError) as err:
-        raise ConfigError(" ".join(str(err).split())) from None
+        raise ConfigError(name_setting(" ".join(str(err).split()))) from None
+    if on_start is not None:
+        on_start(run_dir)
     if not current_context().is_main:
         # Under torchrun, rank 0 alone writes the run directory; the others only train.
         result = built.method.fit(built.model, built.family, built.objective, settings)
         if result.interrupted_by is not None:
-            raise RunInterrupted(result.interrupted_by, run_dir)
+            raise RunInterrupted(result.interrupted_by, run_dir, result.steps)
         return RunOutcome(run_dir, result, {}, built)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -154,7 +168,7 @@ def train_run(
         )
         if result.interrupted_by is not None:
             # The checkpoint is written; a final metrics.json would claim a finished run.
-            raise RunInterrupted(result.interrupted_by, run_dir)
+            raise RunInterrupted(result.interrupted_by, run_dir, result.steps)
         metrics = final_metrics(result, monitor, log.elbo_samples, log.kl_samples)
         diagnostics = {
             k: v
@@ -188,6 +202,108 @@ def train_run(
     write_run_posterior(result, run_dir / POSTERIOR_FILE)
     (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return RunOutcome(run_dir, result, metrics, built)
+
+
+#: Settings of the loop as the config names them (for messages from the library).
+_SETTING_KEYS = {
+    "steps": "train.steps",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "seed": "train.seed",
+    "device": "train.device",
+    "max_bad_steps": "train.max_bad_steps",
+    "log_every": "logging.log_every",
+    "checkpoint_every": "logging.checkpoint_every",
+    "checkpoint_path": "--logdir",
+    "checkpoint directory": "--logdir",
+}
+
+
+def name_setting(message: str) -> str:
+    """``message`` from the library, prefixed with the config key it is about (if known)."""
+    for word, key in _SETTING_KEYS.items():
+        if re.match(rf"{re.escape(word)}\b", message):
+            return f"{key}: {message}"
+    return message
+
+
+#: Keys a resume may change: how long, and how the run is logged. Anything else would
+#: make the resumed run a different fit than the one its checkpoint holds.
+RESUME_MAY_CHANGE = ("train.steps", "train.epochs", "train.num_threads", "logging.")
+
+
+def check_resume(run_dir: Path, config: Config) -> None:
+    """Refuse, in one line and before anything is written, a resume the run cannot honour.
+
+    A resume continues the fit in the checkpoint. It may change the budget
+    (``train.steps``/``train.epochs``: the schedule is re-planned, see
+    :meth:`~svi_torch.training.schedule.LRSchedule.extend`) and the logging; a different
+    model, data, family, objective, method, batch size, seed, device or dtype is refused,
+    naming the key. A finished run resumed without a larger budget, a budget not above the
+    steps already taken, and a longer budget for the automatic method (whose stages and
+    stop rule decided where it ended) are refused too.
+
+    Raises:
+        ConfigError: the one-line reason.
+    """
+    from .config import config_from_dict, load_yaml
+    from .training.checkpoint import load_checkpoint
+
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise ConfigError(f"cannot resume: {checkpoint} does not exist")
+    try:
+        old = config_to_dict(config_from_dict(load_yaml((run_dir / CONFIG_FILE).read_text())))
+    except (OSError, ConfigError) as err:
+        raise ConfigError(f"cannot resume: {run_dir / CONFIG_FILE}: {err}") from None
+    new = config_to_dict(config)
+    for key, (was, now) in _differences(old, new).items():
+        if not key.startswith(RESUME_MAY_CHANGE):
+            raise ConfigError(
+                f"cannot resume {run_dir} with {key}={now!r}: the run was fitted with "
+                f"{key}={was!r}, and a resume continues that fit; start a new run for the "
+                f"change (svi-torch train CONFIG.yaml --set {key}=...)"
+            )
+    try:
+        saved = load_checkpoint(checkpoint)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    step = int(saved["step"])
+    budget_changed = (old["train"]["steps"], old["train"]["epochs"]) != (
+        new["train"]["steps"],
+        new["train"]["epochs"],
+    )
+    finished = (run_dir / METRICS_FILE).is_file()
+    if finished and not budget_changed:
+        raise ConfigError(
+            f"{run_dir} already finished ({step} steps); to train it further, resume with a "
+            f"larger budget, e.g. --set train.steps={2 * step}"
+        )
+    if budget_changed:
+        if config.method.name == "auto":
+            raise ConfigError(
+                "train.steps: method 'auto' cannot continue to a new budget (its stages and "
+                "stop rule decided where the run ended); start a new run with the larger "
+                "train.steps, or use method sgd or ngvi"
+            )
+        steps = new["train"]["steps"]
+        if steps is not None and steps <= step:
+            raise ConfigError(
+                f"train.steps={steps} is not more than the {step} steps {run_dir} has taken; "
+                f"give more, e.g. --set train.steps={2 * step}"
+            )
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two nested dicts, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for key in sorted(set(old) | set(new), key=str):
+            out.update(
+                _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
+            )
+        return out
+    return {} if old == new else {prefix: (old, new)}
 
 
 def final_metrics(

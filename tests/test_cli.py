@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_helpers import stopped_at
 
 from svi_torch.cli import main
 
@@ -198,7 +199,7 @@ def test_tensorboard_server_serves_run_and_scalar_tags(quick_run) -> None:
         (["--set", "train.steps"], "must look like key=value"),
         (["--set", "family.options.bogus=1"], "family 'fullrank':"),
         (["--set", "logging.grad_stats_every=30"], "multiple of logging.log_every"),
-        (["--set", "data.source=missing.csv"], "'missing.csv' does not exist"),
+        (["--set", "data.source=missing.csv"], "missing.csv' does not exist"),
         (["--set", "method.options.optimizer=adamw2"], "unknown optimizer 'adamw2'"),
         (["--set", "method.name=adamw"], "unknown method 'adamw'; choose one of"),
         (["--set", "optimizer.lr=0.1"], "config section 'optimizer' was replaced by 'method'"),
@@ -306,26 +307,15 @@ def test_user_model_class_and_csv_data_from_config(tmp_path: Path, monkeypatch, 
 def test_resume_continues_interrupted_run_exactly(tmp_path: Path, monkeypatch, capsys) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from svi_torch.training import monitoring
-
     overrides = ["--set", "train.steps=200", "--set", "logging.checkpoint_every=100"]
     overrides += ["--set", "logging.log_every=50", "--set", "logging.grad_stats_every=100"]
     overrides += ["--set", "logging.figure=false", "--set", "train.num_threads=1"]
     assert main(["train", str(QUICK), "--logdir", str(tmp_path / "a"), "--quiet", *overrides]) == 0
     straight = Path(capsys.readouterr().out.strip())
 
-    original = monitoring.TrainingMonitor.on_log
-
-    def interrupt(self, trainer, step, metrics):
-        if step == 150:
-            raise KeyboardInterrupt
-        original(self, trainer, step, metrics)
-
-    monkeypatch.setattr(monitoring.TrainingMonitor, "on_log", interrupt)
-    assert (
-        main(["train", str(QUICK), "--logdir", str(tmp_path / "b"), "--quiet", *overrides]) == 130
-    )
-    monkeypatch.setattr(monitoring.TrainingMonitor, "on_log", original)
+    with stopped_at(150):
+        status = main(["train", str(QUICK), "--logdir", str(tmp_path / "b"), "--quiet", *overrides])
+    assert status == 130
     (interrupted,) = (tmp_path / "b").iterdir()
     assert not (interrupted / "metrics.json").exists()
     assert main(["train", str(interrupted), "--resume", "--quiet"]) == 0

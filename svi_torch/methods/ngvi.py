@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -109,6 +110,18 @@ class NaturalGradientRule:
 
     def finalize(self, state: TrainState) -> None:
         self.ngvi.apply_average()
+
+    def averaged_family(self, state: TrainState) -> VariationalFamily | None:
+        """A copy of the family at the averaged natural parameters (``None`` before)."""
+        if self.ngvi.count == 0:
+            return None
+        iterate = (self.ngvi.loc, self.ngvi.precision)
+        saved = {k: v.clone() for k, v in state.family.state_dict().items()}
+        self.ngvi.apply_average()  # writes the family; undone below, bit for bit
+        averaged = copy.deepcopy(state.family)
+        self.ngvi.loc, self.ngvi.precision = iterate
+        state.family.load_state_dict(saved)
+        return averaged
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import Batch
+from ..families.base import VariationalFamily
 from ..objectives.base import ObjectiveOutput
 from ..training.backward import backward
 from ..training.distributed import average_gradients
@@ -217,6 +219,18 @@ class TorchOptimizerRule:
 
     def finalize(self, state: TrainState) -> None:
         self.average.copy_to(self.params)
+
+    def averaged_family(self, state: TrainState) -> VariationalFamily | None:
+        """A copy of the family at the iterate average (``None`` before averaging starts)."""
+        if self.average.count == 0:
+            return None
+        averaged = copy.deepcopy(state.family)
+        trained = [p for p in averaged.parameters() if p.requires_grad]
+        # The family's parameters come first in state.params, so in the average too.
+        with torch.no_grad():
+            for p, mean in zip(trained, self.average.averages[: len(trained)], strict=True):
+                p.copy_(mean)
+        return averaged
 
     def state_dict(self) -> dict[str, Any]:
         return {

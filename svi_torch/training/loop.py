@@ -142,6 +142,7 @@ class TrainingLoop:
         extra_state: dict[str, Any] | None = None,
     ) -> None:
         self.state, self.rule = state, rule
+        state.rule = rule  # monitors read the averaged iterate through it
         self.loggers = list(loggers)
         state.loggers = self.loggers  # the same list: a logger added later is seen too
         self.callbacks = list(callbacks)
@@ -426,7 +427,9 @@ class TrainingLoop:
                 p.copy_(saved["model_params"][name])
         self.rule.load_state_dict(saved["rule"])
         assert state.schedule is not None
+        budget = state.schedule.total_steps  # this run's steps, perhaps more than the saved
         state.schedule.load_state_dict(saved["schedule"])
+        saved_total = saved["schedule"].get("total_steps")
         if state.monitor is not None and saved["monitor"] is not None:
             state.monitor.load_state_dict(saved["monitor"])
         if self.divergence is not None and saved.get("divergence") is not None:
@@ -435,6 +438,9 @@ class TrainingLoop:
             state.stream.load_state_dict(saved["stream"])
         restore_rng_state(saved["rng"])
         state.step = int(saved["step"])
+        if saved_total is not None:
+            state.schedule.total_steps = int(saved_total)
+            state.schedule.extend(budget, state.step)  # a longer budget: re-plan the refine phase
         state.skipped_steps = int(saved["skipped_steps"])
         state.step_size_factor = float(saved["step_size_factor"])
         state.grad_evals = float(saved["grad_evals"])

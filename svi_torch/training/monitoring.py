@@ -11,6 +11,11 @@
   :class:`~svi_torch.models.ConjugateModel` (exact posterior known); analytic for Gaussian
   families. Since :math:`\\mathrm{ELBO} = \\log p(D) - \\mathrm{KL}(q\\|p)`, this is the gap of
   the bound;
+* ``kl/posterior_averaged``, ``kl/prior_averaged`` and ``posterior/variance_mean_averaged``:
+  the same figures for the averaged iterate (the result a run reports), once the rule
+  averages (the refine phase of the ``"auto"`` schedule); the plain tags follow the raw
+  iterate, which keeps the noise of the last steps, so the run's printed KL is where the
+  ``_averaged`` curve ends;
 * every ``grad_stats_every`` steps, ``grad/variance`` and ``grad/snr``: ``R`` independent
   gradient estimates :math:`g_1..g_R` of the loss on one fixed minibatch (so only the
   particle noise varies), total variance :math:`\\sum_j \\widehat{\\mathrm{Var}}[g_j]` and
@@ -270,6 +275,14 @@ class TrainingMonitor:
         """Add the KL metrics (and, on their steps, gradient statistics and histograms)."""
         family, model = state.family, state.model
         metrics.update(self.kl_metrics(model, family, step))
+        averaged = _averaged_family(state)
+        if averaged is not None:
+            for key, value in self.kl_metrics(model, averaged, step).items():
+                metrics[f"{key}_averaged"] = value
+            with torch.no_grad():
+                variance = averaged.variance(state.context)
+            if variance.dim() == 1:
+                metrics["posterior/variance_mean_averaged"] = variance.mean().item()
         if self.grad_stats_every and step % self.grad_stats_every == 0:
             with self._own_rng(family, step):
                 variance, snr = gradient_statistics(state, self.grad_stats_draws)
@@ -308,6 +321,12 @@ class TrainingMonitor:
         finite = {k: v for k, v in final_metrics.items() if math.isfinite(v)}
         for logger in loggers:
             logger.log_hparams(hparams, finite)
+
+
+def _averaged_family(state: Any) -> VariationalFamily | None:
+    """The rule's averaged iterate as a family copy, if the rule averages (else ``None``)."""
+    averaged = getattr(getattr(state, "rule", None), "averaged_family", None)
+    return averaged(state) if callable(averaged) else None
 
 
 # -- figure ------------------------------------------------------------------------------

@@ -12,6 +12,13 @@ default ``"auto"`` schedule runs in two phases:
 
 Averaging cancels the zero-mean gradient noise that a constant step leaves behind, which
 is what lets minibatch VI reach a conjugate posterior to within hundredths of a nat.
+
+A run resumed with a larger budget :math:`T' > T` re-plans the schedule
+(:meth:`LRSchedule.extend`): still exploring, the refine phase starts at
+``average_from`` :math:`\\cdot T'` (the plan of a fresh run of :math:`T'` steps, so the
+resumed run ends where that run would); already refining or finished, the refine phase
+keeps its start and its cosine decay is stretched to end at :math:`T'`, the average
+going on over the old and the new iterates.
 """
 
 from __future__ import annotations
@@ -69,6 +76,22 @@ class LRSchedule:
         if self.kind == "auto" and self.refine_start is not None and step < self.refine_start:
             self.refine_start, self.refine_end = step, step + max(length, 1)
 
+    def extend(self, total_steps: int, step: int) -> None:
+        """Re-plan for a new budget ``total_steps`` at ``step`` (a resumed, longer run).
+
+        In the explore phase the refine phase moves to ``average_from * total_steps`` (not
+        before ``step``): the plan a fresh run of that length has. In the refine phase (or
+        after it) the start stays and the decay ends at ``total_steps``.
+        """
+        if total_steps == self.total_steps:
+            return
+        self.total_steps = total_steps
+        if self.kind != "auto" or self.refine_start is None:
+            return
+        if step < self.refine_start:
+            self.refine_start = max(int(self.average_from * total_steps), step)
+        self.refine_end = total_steps
+
     def in_refine(self, step: int) -> bool:
         return self.averaging and self.refine_start is not None and step >= self.refine_start
 
@@ -95,9 +118,14 @@ class LRSchedule:
         )
 
     def state_dict(self) -> dict[str, int | None]:
-        return {"refine_start": self.refine_start, "refine_end": self.refine_end}
+        return {
+            "refine_start": self.refine_start,
+            "refine_end": self.refine_end,
+            "total_steps": self.total_steps,
+        }
 
     def load_state_dict(self, state: dict[str, int | None]) -> None:
+        """Restore the plan; a checkpoint of another budget is re-planned (:meth:`extend`)."""
         self.refine_start, self.refine_end = state["refine_start"], state["refine_end"]
 
 

@@ -82,6 +82,8 @@ class TrainState:
         loggers: the run's loggers (callbacks that write histograms or figures use them).
         wall_time: seconds in the loop.
         stop_reason: why the loop stopped.
+        rule: the update rule stepping this state (monitors ask it for the averaged
+            iterate, :meth:`UpdateRule.averaged_family`).
     """
 
     model: Model
@@ -105,6 +107,7 @@ class TrainState:
     loggers: list[Any] = field(default_factory=list)
     wall_time: float = 0.0
     stop_reason: str = "max_steps"
+    rule: Any = None
 
     @property
     def config(self) -> TrainConfig:
@@ -160,6 +163,13 @@ class UpdateRule(Protocol):
 
     def finalize(self, state: TrainState) -> None:
         """Write the result (e.g. the iterate average) into the family at the end."""
+
+    def averaged_family(self, state: TrainState) -> VariationalFamily | None:
+        """Optional: a copy of the family at the averaged iterate, the result so far.
+
+        ``None`` before averaging starts. Monitors log its KL and variance beside the raw
+        iterate's; the family being trained is left untouched.
+        """
 
     def state_dict(self) -> dict[str, Any]:
         """The rule's state as tensors and plain values (checkpoints, health snapshots)."""
