@@ -15,7 +15,8 @@ a Hessian counts D, and each method's start (MAP search, Laplace, Pathfinder) is
   iterate after every step (``log_every=1``; not timed apart): the evaluations counted at
   the first step below the target (or at the start, when the start is already there).
   ``NGVI()`` (Laplace start), ``NGVI(init="pathfinder")``, ``BaM()`` (Laplace start),
-  ``BaM(init="pathfinder")`` and ``BaM(init="map")`` (8 draws a step), at most 300 steps.
+  ``BaM(init="pathfinder")`` and ``BaM(init="map")`` (8 draws a step), 300 steps; their
+  KL column is that of the last iterate of the 300.
   On these posteriors Laplace *is* the exact posterior, so the methods that start there
   reach the target at their start: the rows from Pathfinder and the MAP show the update.
 * **ELBO-SGD**: ``st.fit(model, FullRankGaussian(D), objective=ELBO(num_particles=8),

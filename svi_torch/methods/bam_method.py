@@ -36,7 +36,7 @@ checkpoints — is the loop's.
   minibatch's curvature error times the spread of the draws,
   :math:`(\\hat A - A)(z - z_{\\text{ref}})`, of the order of :math:`(D/B_{\\text{data}})A`.
   Measured on the conjugate regressions (N = 1000, 200 steps of 8 draws,
-  ``python benchmarks/gaussian_vi_evals.py --minibatch``): KL(q‖p) 0.0003 / 0.012 / 1.9 at
+  ``python benchmarks/gaussian_vi_evals.py --minibatch``): KL(q‖p) 0.0003 / 0.012 / 1.8 at
   D = 5 / 20 / 100 with :math:`B_{\\text{data}} = 100`, 0.00003 / 0.0016 / 0.26 with 500;
   without the control variate 0.49 / 0.92 / 100.
 * **Averaging.** Over the loop's refine phase (from ``average_from`` of the budget, or
