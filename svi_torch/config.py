@@ -110,9 +110,12 @@ class ObjectiveSection:
 class MethodSection:
     """The inference method: a registered name and its options (``svi-torch list``).
 
-    ``auto`` (the default) is the automatic method; ``ngvi`` and ``sgd`` take the options
-    of :class:`svi_torch.methods.NGVI` and :class:`svi_torch.methods.SGD`, e.g.
-    ``{name: sgd, options: {optimizer: adam, lr: 0.03}}``. The same value is built from
+    ``auto`` (the default) is the automatic method; ``ngvi``, ``sgd``, ``bam`` and
+    ``pathfinder`` take the options of :class:`svi_torch.methods.NGVI`,
+    :class:`~svi_torch.methods.SGD`, :class:`~svi_torch.methods.BaM` and
+    :class:`~svi_torch.methods.Pathfinder`, e.g.
+    ``{name: sgd, options: {optimizer: adam, lr: 0.03}}`` or
+    ``{name: bam, options: {num_draws: 16}}``. The same value is built from
     Python by ``svi_torch.methods.resolve_method({"name": ..., "options": ...})``.
     """
 

@@ -2,7 +2,7 @@
 
 ``st.fit(model, family)`` runs the automatic method; ``method=`` takes a method value
 (``st.methods.SGD(lr=3e-2)``, ``st.methods.NGVI()``, ...) or its registered name
-(``"auto"``, ``"ngvi"``, ``"sgd"``, ...). The method owns how the family is moved (optimizer,
+(``"auto"``, ``"ngvi"``, ``"sgd"``, ``"bam"``, ``"pathfinder"``). The method owns how the family is moved (optimizer,
 learning rate, schedule, initialisation); ``fit``'s own settings are the loop's: how long,
 which batches, seed, device, logs, checkpoints.
 """
@@ -57,7 +57,8 @@ def fit(
         objective: default ``ELBO()``.
         method: ``"auto"`` (default; :class:`~svi_torch.methods.Auto`: MAP, Laplace,
             natural-gradient VI with fallbacks, its decisions on ``result.decisions``),
-            ``"ngvi"``, ``"sgd"``, a registered name, or a method value such as
+            ``"ngvi"``, ``"sgd"``, ``"bam"`` (batch-and-match), ``"pathfinder"``, a
+            registered name, or a method value such as
             ``st.methods.SGD(optimizer="adam", lr=3e-2)``.
         steps: optimisation steps (default 5000 unless ``epochs`` is given).
         epochs: passes over the data, an alternative to ``steps``.

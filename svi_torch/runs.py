@@ -361,6 +361,11 @@ def _diagnostics(result: FitResult, num_samples: int) -> dict[str, Any]:
     Families conditioned on a context (amortized) have no single q(z) to weight against
     p(z, D); their runs report none rather than a number about the wrong density.
     """
+    if result.draws is not None and result.diagnostics is not None:
+        # A method's fixed draws (Pathfinder's resampled ones): its own diagnostics describe
+        # the weights they were drawn with; the family's would describe another q.
+        diag = result.diagnostics
+        return {**diag.as_dict(), "diagnostics/khat_reading": diag.reading}
     try:
         diag = result.diagnose(num_samples=num_samples, seed=0)
     except (ValueError, TypeError, NotImplementedError) as err:

@@ -367,3 +367,46 @@ def test_a_config_of_model_data_family_and_train_runs_the_automatic_method_as_py
     saved = load_checkpoint(run_dir / "checkpoint.pt")["family"]
     for key, value in family.state_dict().items():
         assert torch.equal(saved[key], value), key
+
+
+@pytest.mark.parametrize(
+    ("method", "steps"),
+    [
+        ({"name": "bam", "options": {"num_draws": 4}}, 40),
+        ({"name": "pathfinder", "options": {"num_paths": 2}}, None),
+    ],
+)
+def test_bam_and_pathfinder_from_a_config_give_what_python_gives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], method, steps
+) -> None:
+    """``method: {name: bam|pathfinder, options: ...}`` runs the value that
+    ``st.methods.resolve_method`` builds, and ends where ``st.fit`` with it ends."""
+    import svi_torch as st
+    from svi_torch.training import load_checkpoint
+
+    config = {
+        "model": {"name": "linear_regression", "options": {"noise_scale": 1.0, "prior_scale": 1.0}},
+        "data": {"num_data": 500, "dim": 3, "correlation": 0.6, "seed": 0},
+        "family": {"name": "fullrank"},
+        "method": method,
+        "train": {"seed": 0, **({"steps": steps} if steps else {})},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--logdir", str(tmp_path / "runs"), "--quiet"]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    X, y, _ = st.models.regression_data(500, 3, correlation=0.6, seed=0)
+    model = st.models.BayesianLinearRegression(X, y, noise_scale=1.0, prior_scale=1.0)
+    family = st.families.FullRankGaussian(model.dim)
+    value = st.methods.resolve_method(method)
+    result = st.fit(model, family, method=value, **({"steps": steps} if steps else {}))
+    assert metrics["method"] == result.method == value.summary
+    assert metrics["kl_posterior"] < 0.01 and metrics["grad_evals"] == result.grad_evals
+    saved = load_checkpoint(run_dir / "checkpoint.pt")["family"]
+    for key, tensor in family.state_dict().items():
+        assert torch.equal(saved[key], tensor), key
+    loaded = st.load_run(run_dir)
+    assert torch.equal(loaded.sample()["beta"], result.sample()["beta"])
+    if method["name"] == "pathfinder":  # the run's draws are Pathfinder's resampled ones
+        assert loaded.draws is not None and metrics["diagnostics/khat"] == result.diagnostics.khat

@@ -370,5 +370,30 @@ class LowRankGaussian(GaussianFamily):
             self.cov_factor.copy_(W)
             self.raw_diag.copy_(inverse_softplus(resid.sqrt()))
 
+    def set_factors(self, loc: Tensor, factor: Tensor, diag_variance: Tensor) -> None:
+        """Set :math:`\\mu`, :math:`W` and :math:`d^2` directly: :math:`\\Sigma = WW^\\top +
+        \\mathrm{diag}(d^2)`, without forming the :math:`D \\times D` matrix.
+
+        Args:
+            loc: :math:`\\mu`, shape ``(D,)``.
+            factor: :math:`W`, shape ``(D, rank)``.
+            diag_variance: :math:`d^2`, shape ``(D,)``, positive.
+        """
+        if tuple(factor.shape) != (self.dim, self.rank):
+            raise ValueError(
+                f"factor must have shape ({self.dim}, {self.rank}), got {tuple(factor.shape)}"
+            )
+        if tuple(loc.shape) != (self.dim,) or tuple(diag_variance.shape) != (self.dim,):
+            raise ValueError(
+                f"loc and diag_variance must have shape ({self.dim},), got "
+                f"{tuple(loc.shape)} and {tuple(diag_variance.shape)}"
+            )
+        if not bool((diag_variance > 0).all() & torch.isfinite(diag_variance).all()):
+            raise ValueError("diag_variance must be positive and finite")
+        with torch.no_grad():
+            self.loc.copy_(loc)
+            self.cov_factor.copy_(factor)
+            self.raw_diag.copy_(inverse_softplus(diag_variance.sqrt().to(self.loc)))
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, rank={self.rank}"

@@ -125,6 +125,7 @@ __all__ = [
     "BatchAndMatch",
     "BaMStep",
     "decaying_learning_rate",
+    "factor_analysis_patch",
 ]
 
 
@@ -238,6 +239,34 @@ def lowrank_bam_update(
 
     new_mean = mean / (1 + lr) + lr / (1 + lr) * (s_times(g_bar[:, None])[:, 0] + z_bar)
     s_diag = diag + r.square().sum(1) - p.square().sum(1)
+    new_factor, new_diag = factor_analysis_patch(
+        s_times, s_diag, factor, diag, em_steps, diag_floor
+    )
+    return new_mean, new_factor, new_diag
+
+
+def factor_analysis_patch(
+    s_times: Callable[[Tensor], Tensor],
+    s_diag: Tensor,
+    factor: Tensor,
+    diag: Tensor,
+    em_steps: int = 10,
+    diag_floor: float = 1e-8,
+) -> tuple[Tensor, Tensor]:
+    """Project a covariance :math:`S` onto rank :math:`r` plus diagonal by EM of factor analysis.
+
+    Each iteration decreases :math:`\\mathrm{KL}(\\mathcal{N}(0, S) \\| \\mathcal{N}(0,
+    \\Lambda\\Lambda^\\top + \\Psi))`, warm-started at ``(factor, diag)``; :math:`S` is seen
+    only through ``s_times`` (:math:`x \\mapsto Sx`, ``(D, r)`` blocks) and its diagonal
+    ``s_diag``, so the cost is :math:`O(D r^2)` plus ``s_times`` per iteration.
+
+    Args:
+        s_times: :math:`x \\mapsto Sx`.
+        s_diag: :math:`\\mathrm{diag}(S)`.
+        factor, diag: the warm start :math:`(\\Lambda, \\mathrm{diag}\\,\\Psi)`.
+        em_steps: iterations.
+        diag_floor: :math:`\\Psi` is kept at least this fraction of :math:`\\max_d S_{dd}`.
+    """
     floor = diag_floor * float(s_diag.max().clamp_min(1e-300))
     new_factor, new_diag = factor, diag
     eye = torch.eye(factor.shape[1], dtype=factor.dtype, device=factor.device)
@@ -250,7 +279,7 @@ def lowrank_bam_update(
         # M-step: Lambda = S beta' Ezz^-1, Psi = diag(S - Lambda beta S).
         new_factor = torch.linalg.solve(ezz, s_beta.mT).mT
         new_diag = (s_diag - (new_factor * s_beta).sum(1)).clamp_min(floor)
-    return new_mean, new_factor, new_diag
+    return new_factor, new_diag
 
 
 @dataclass(frozen=True)

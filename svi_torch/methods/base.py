@@ -232,7 +232,7 @@ def method_from_config(name: str, options: dict[str, Any]) -> Method:
 
 
 def _load_builtins() -> None:
-    from . import auto, ngvi, sgd  # noqa: F401 (registration on import)
+    from . import auto, bam_method, ngvi, pathfinder_method, sgd  # noqa: F401 (registration)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -286,3 +286,28 @@ def check_init(value: Any, where: str) -> None:
     """One-line error unless ``value`` is an initialisation (:data:`~.starts.INITS`)."""
     if value not in INITS:
         raise ValueError(f"unknown init {value!r} for {where}; choose one of {list(INITS)}")
+
+
+def refuse_objective(objective: Objective | None, method: str, why: str) -> None:
+    """One-line error unless ``objective`` is unset or the plain ELBO.
+
+    ``why`` completes "method='<method>' ...", e.g. "maximises the ELBO itself".
+    """
+    from ..objectives.elbo import ELBO
+
+    if objective is not None and type(objective) is not ELBO:
+        raise ValueError(
+            f"method={method!r} {why} and cannot use the objective {type(objective).__name__}; "
+            "leave objective unset or use method='sgd'"
+        )
+
+
+def refuse_trainable(model: Model, method: str, fits: str) -> None:
+    """One-line error when ``model`` has trainable parameters of its own (``fits``: what the
+    method fits instead, e.g. "only the variational Gaussian")."""
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    if trainable:
+        raise ValueError(
+            f"method={method!r} updates {fits}, but the model has trainable parameters "
+            f"{trainable}; use method='sgd' to fit them jointly"
+        )

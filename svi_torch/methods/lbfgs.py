@@ -76,8 +76,8 @@ class LBFGSResult:
             it was passed as ``initial``.
         num_backoffs: trial points whose value or gradient was not finite.
         num_skipped_pairs: pairs left out for breaking the curvature condition.
-        stop_reason: ``"tol_rel_obj"``, ``"tol_rel_grad"``, ``"no_decrease"`` or
-            ``"max_iters"``.
+        stop_reason: ``"tol_rel_obj"``, ``"tol_rel_grad"``, ``"no_decrease"``,
+            ``"max_iters"``, or ``"callback"`` (the callback asked to stop).
     """
 
     iterate: LBFGSIterate
@@ -230,7 +230,7 @@ def lbfgs(
     max_line_search: int = 30,
     wolfe_c2: float = 0.9,
     initial: tuple[float, Tensor] | None = None,
-    callback: Callable[[LBFGSIterate], None] | None = None,
+    callback: Callable[[LBFGSIterate], bool | None] | None = None,
 ) -> LBFGSResult:
     """Minimise ``fun`` from ``x0`` by L-BFGS; see the module docstring.
 
@@ -247,7 +247,8 @@ def lbfgs(
             quasi-Newton choice) accepts most unit steps; smaller values search closer to the
             minimum along :math:`d`, at more evaluations per iteration.
         initial: ``fun(x0)`` if the caller has it already (saves one evaluation).
-        callback: called with every accepted iterate, the start included.
+        callback: called with every accepted iterate, the start included; a ``True``
+            return stops the run (``stop_reason="callback"``).
 
     Returns:
         :class:`LBFGSResult`.
@@ -283,8 +284,8 @@ def lbfgs(
         return LBFGSIterate(index, x.clone(), value, grad.clone(), s, y, alpha.clone())
 
     current = iterate(0)
-    if callback is not None:
-        callback(current)
+    if callback is not None and callback(current):
+        return LBFGSResult(current, 0, num_evals, 0, 0, "callback", values)
     stop = "max_iters"
     if float(grad.abs().max()) / max(abs(value), 1.0) < tol_rel_grad:
         return LBFGSResult(current, 0, num_evals, 0, 0, "tol_rel_grad", values)
@@ -322,8 +323,9 @@ def lbfgs(
         x, value, grad = x + s, new_value, new_grad
         values.append(value)
         current = iterate(k)
-        if callback is not None:
-            callback(current)
+        if callback is not None and callback(current):
+            stop = "callback"
+            break
         if abs(old_value - value) / max(abs(old_value), abs(value), 1.0) < tol_rel_obj:
             stop = "tol_rel_obj"
             break

@@ -27,10 +27,17 @@ from ..families.base import VariationalFamily
 from ..families.gaussian import GaussianFamily
 from ..models.base import Model
 from ..objectives.base import Objective, ObjectiveOutput
-from ..objectives.elbo import ELBO
 from ..training.schedule import LRSchedule
 from ..training.state import TrainState
-from .base import LoopMethod, check_init, check_positive_int, check_positive_number, register_method
+from .base import (
+    LoopMethod,
+    check_init,
+    check_positive_int,
+    check_positive_number,
+    refuse_objective,
+    refuse_trainable,
+    register_method,
+)
 from .natural_gradient import (
     CURVATURES,
     FULL_BATCH_PARTICLES,
@@ -160,7 +167,8 @@ class NGVI(LoopMethod):
         schedule: as for :class:`~svi_torch.methods.sgd.SGD`, applied to :math:`\\rho`.
         average_from: start of the averaging phase of ``"auto"``.
         init: ``"auto"`` (Laplace up to 500 dimensions, MAP above), ``"laplace"``,
-            ``"map"`` or ``"prior"``.
+            ``"map"``, ``"pathfinder"`` (Pathfinder's best Gaussian: no MAP or Hessian
+            needed) or ``"prior"``.
         step_scale: multiplies the default step size (the automatic method's smaller-step
             fallback uses 0.25); ignored when ``step_size`` is given.
     """
@@ -196,23 +204,14 @@ class NGVI(LoopMethod):
         check_positive_number(self.step_scale, "NGVI step_scale")
 
     def check(self, model: Model, family: VariationalFamily, objective: Objective | None) -> None:
-        if objective is not None and type(objective) is not ELBO:
-            raise ValueError(
-                f"method='ngvi' maximises the ELBO itself and cannot use the objective "
-                f"{type(objective).__name__}; leave objective unset or use method='sgd'"
-            )
+        refuse_objective(objective, "ngvi", "maximises the ELBO itself")
         if not isinstance(family, GaussianFamily):
             raise TypeError(
                 f"method='ngvi' needs a Gaussian family (MeanFieldGaussian, FullRankGaussian, "
                 f"LowRankGaussian), whose curvature it updates; got {type(family).__name__}. "
                 "Use method='sgd' for other families"
             )
-        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-        if trainable:
-            raise ValueError(
-                f"method='ngvi' updates only the variational Gaussian, but the model has "
-                f"trainable parameters {trainable}; use method='sgd' to fit them jointly"
-            )
+        refuse_trainable(model, "ngvi", "only the variational Gaussian")
 
     def make_rule(self, state: TrainState, start: Initialization | None) -> NaturalGradientRule:
         if state.dist.active:

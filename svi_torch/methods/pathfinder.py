@@ -258,6 +258,9 @@ class PathfinderResult:
             after resampling, the smoothed pooled weights with ``resample="off"``.
         pooled_log_weights: Pareto-smoothed, normalised :math:`\\log \\bar w` of every pooled
             draw (:math:`-\\infty` where :math:`\\log p` was not finite).
+        pooled_log_ratios: the raw :math:`\\log p(z) - \\log\\frac1I\\sum_i q_i(z)` of every
+            pooled draw, before smoothing (:math:`-\\infty` where :math:`\\log p` was not
+            finite): the importance-weighted evidence and the pooled proposal's ELBO.
         indices: the pooled draw each returned draw is (``(R,)``).
         gaussian: the best path's :class:`PathfinderGaussian` (largest ELBO, ties chosen as
             within a path).
@@ -277,6 +280,7 @@ class PathfinderResult:
     log_q: Tensor
     log_weights: Tensor
     pooled_log_weights: Tensor
+    pooled_log_ratios: Tensor
     indices: Tensor
     gaussian: PathfinderGaussian
     best_path: int
@@ -420,12 +424,14 @@ def _run_path(
     ratios: list[Tensor] = []
     kept: dict[int, PathfinderGaussian] = {}
 
-    def on_iterate(iterate: LBFGSIterate) -> None:
+    best = {"elbo": -math.inf, "at": 0}
+
+    def on_iterate(iterate: LBFGSIterate) -> bool:
         gaussian = PathfinderGaussian.from_iterate(iterate)
         if gaussian is None:
             path.elbos.append(-math.inf)
             ratios.append(torch.full((elbo_noise.shape[0],), math.nan, dtype=torch.float64))
-            return
+            return _out_of_patience(iterate.index, best, settings.elbo_patience)
         z, log_q = gaussian.transform(elbo_noise)
         ratio = density.values(z) - log_q
         elbo = float(ratio.mean()) if bool(torch.isfinite(ratio).all()) else -math.inf
@@ -435,6 +441,9 @@ def _run_path(
             kept[iterate.index] = gaussian
             if len(kept) > _KEEP_CANDIDATES:
                 del kept[min(kept, key=lambda i: path.elbos[i])]
+            if elbo > best["elbo"]:
+                best["elbo"], best["at"] = elbo, iterate.index
+        return _out_of_patience(iterate.index, best, settings.elbo_patience)
 
     result = lbfgs(
         density.value_and_grad,
@@ -447,7 +456,8 @@ def _run_path(
         wolfe_c2=settings.wolfe_c2,
         callback=on_iterate,
     )
-    path.num_iters, path.stop_reason = result.num_iters, result.stop_reason
+    stop = "elbo_patience" if result.stop_reason == "callback" else result.stop_reason
+    path.num_iters, path.stop_reason = result.num_iters, stop
     path.num_backoffs, path.num_skipped_pairs = result.num_backoffs, result.num_skipped_pairs
     path.num_grad_evals = density.grad_evals - before_grad
     path.num_density_evals = density.density_evals - before_density
@@ -464,6 +474,11 @@ def _run_path(
     return ratios[chosen]
 
 
+def _out_of_patience(index: int, best: dict, patience: int | None) -> bool:
+    """Whether ``patience`` iterates have passed since the path's best ELBO."""
+    return patience is not None and index - best["at"] >= patience
+
+
 @dataclass(frozen=True)
 class _Settings:
     history_size: int
@@ -474,6 +489,7 @@ class _Settings:
     elbo_draws: int
     init_radius: float
     max_init_attempts: int
+    elbo_patience: int | None = None
 
 
 def _check_int(value: object, name: str, minimum: int) -> int:
@@ -504,6 +520,7 @@ def pathfinder(
     chunk_size: int = 1000,
     seed: int = 0,
     warn: bool = True,
+    elbo_patience: int | None = None,
 ) -> PathfinderResult:
     """Multi-path Pathfinder over a full-data log density (see the module docstring).
 
@@ -528,6 +545,12 @@ def pathfinder(
         chunk_size: rows per ``log_density`` call when evaluating many draws.
         seed: seeds the starts, the draws and the resampling.
         warn: raise :class:`PathfinderWarning` (the messages are kept either way).
+        elbo_patience: stop a path once this many iterations have passed without a larger
+            ELBO; ``None`` (Stan) runs L-BFGS to its
+            tolerances. Where the log density has no maximum (a hierarchical scale running
+            to zero) L-BFGS runs to ``max_iters`` while the ELBO peaks in the first few
+            iterations: on the centred eight schools the best iterates were 1, 6, 3 and 1
+            of 1000. The path's ``stop_reason`` is then ``"elbo_patience"``.
 
     Returns:
         :class:`PathfinderResult`.
@@ -550,6 +573,8 @@ def pathfinder(
     num_draws = _check_int(num_draws, "num_draws", 1)
     _check_int(max_init_attempts, "max_init_attempts", 1)
     _check_int(chunk_size, "chunk_size", 1)
+    if elbo_patience is not None:
+        _check_int(elbo_patience, "elbo_patience", 1)
     if resample not in RESAMPLING:
         raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
     if not (isinstance(init_radius, int | float) and math.isfinite(init_radius)) or init_radius < 0:
@@ -565,6 +590,7 @@ def pathfinder(
         elbo_draws,
         float(init_radius),
         max_init_attempts,
+        elbo_patience,
     )
     generator = torch.Generator(device="cpu").manual_seed(seed)
     density = _Density(log_density, dtype, chunk_size)
@@ -673,6 +699,7 @@ def pathfinder(
         log_q=log_q[indices],
         log_weights=returned_log_w,
         pooled_log_weights=log_w,
+        pooled_log_ratios=raw,
         indices=indices,
         gaussian=best.gaussian,  # type: ignore[arg-type]
         best_path=best.index,

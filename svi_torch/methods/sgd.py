@@ -262,8 +262,8 @@ class SGD(LoopMethod):
             function ``(step, total) -> factor``.
         average_from: where the averaging phase starts, as a fraction of the steps.
         clip_grad_norm: clip the gradient norm to this value.
-        init: ``"prior"`` (the family as built), ``"map"``, ``"laplace"`` or ``"auto"``;
-            see :mod:`svi_torch.methods.starts`.
+        init: ``"prior"`` (the family as built), ``"map"``, ``"laplace"``,
+            ``"pathfinder"`` or ``"auto"``; see :mod:`svi_torch.methods.starts`.
 
     Example:
         >>> st.fit(model, family, st.objectives.ELBO(num_particles=16),

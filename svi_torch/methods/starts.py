@@ -9,6 +9,11 @@
   :math:`\\Lambda = -\\nabla^2 \\log p(\\hat z, D)` (:func:`laplace_precision`), placed with
   ``set_moments`` (mean-field keeps :math:`1/\\Lambda_{dd}`). On a conjugate Gaussian model
   this *is* the exact posterior.
+* ``"pathfinder"``: :math:`q` = the best path's Gaussian of a multi-path Pathfinder run
+  (:mod:`svi_torch.methods.pathfinder_method`, its defaults with 250 draws a path: only the
+  Gaussian is used, the draws give its :math:`\\hat k`), placed with ``set_moments``. No
+  Hessian and no MAP: it works where the log density has no maximum (a hierarchical scale
+  running to zero) and costs :math:`O(D)` memory per L-BFGS pair at any :math:`D`.
 * ``"auto"``: ``"laplace"`` for Gaussian families up to :data:`LAPLACE_MAX_DIM` dimensions,
   ``"map"`` above, ``"prior"`` for other families.
 
@@ -48,6 +53,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -67,9 +73,11 @@ __all__ = [
     "laplace_precision",
     "initialize",
     "dispersed_points",
+    "start_point",
+    "pathfinder_start",
 ]
 
-INITS = ("auto", "prior", "map", "laplace")
+INITS = ("auto", "prior", "map", "laplace", "pathfinder")
 #: Above this dimension ``init="auto"`` uses the MAP only (the Hessian costs O(N D^2)).
 LAPLACE_MAX_DIM = 500
 #: Dispersed restarts when one full-data pass is cheap (N * D at most this).
@@ -109,11 +117,14 @@ class Initialization:
     """What :func:`initialize` did.
 
     Attributes:
-        method: ``"prior"``, ``"map"`` or ``"laplace"``.
-        map: the MAP search's result (None for ``"prior"``).
+        method: ``"prior"``, ``"map"``, ``"laplace"`` or ``"pathfinder"``.
+        map: the MAP search's result (None for ``"prior"`` and ``"pathfinder"``).
         precision: the Laplace precision placed in the family (None unless ``"laplace"``).
         repaired: how a precision that was not positive definite was repaired, or None.
         seconds: wall time.
+        pathfinder: the :class:`~svi_torch.methods.pathfinder.PathfinderResult` of a
+            ``"pathfinder"`` start (its per-path diagnostics, :math:`\\hat k`, warnings).
+        reason: one line on why this start was chosen, when a method chose it.
     """
 
     method: str
@@ -121,11 +132,14 @@ class Initialization:
     precision: Tensor | None = None
     repaired: str | None = None
     seconds: float = 0.0
+    pathfinder: Any = None
+    reason: str | None = None
 
     @property
     def evaluations(self) -> int:
         """Full-data gradient evaluations of the start (0 for ``"prior"``)."""
-        return self.map.evaluations if self.map else 0
+        found = self.map.evaluations if self.map else 0
+        return found + (self.pathfinder.num_grad_evals if self.pathfinder is not None else 0)
 
 
 def dispersed_points(
@@ -400,6 +414,18 @@ def laplace_precision(
     return 0.5 * (repaired + repaired.mT), repair
 
 
+def start_point(model: Model, family: VariationalFamily) -> Tensor | None:
+    """Where the MAP search starts: the model's ``initial_point``, else the family's mean
+    when the user moved it from zero (a user who placed the family chose the start)."""
+    start = model.initial_point()
+    loc = getattr(family, "loc", None)
+    if start is None and isinstance(loc, Tensor):
+        with torch.no_grad():
+            if bool(loc.abs().max() > 0):
+                start = loc.detach().clone()
+    return start
+
+
 def initialize(
     model: Model,
     family: VariationalFamily,
@@ -413,14 +439,16 @@ def initialize(
     Args:
         model: the model.
         family: the family, moved in place.
-        init: ``"auto"``, ``"prior"``, ``"map"`` or ``"laplace"``.
-        seed: seeds the MAP search's dispersed restarts.
+        init: ``"auto"``, ``"prior"``, ``"map"``, ``"laplace"`` or ``"pathfinder"``.
+        seed: seeds the MAP search's dispersed restarts (Pathfinder's starts and draws).
         map_estimate: a MAP search already made (the automatic method shares one).
 
     Raises:
-        TypeError: ``"map"``/``"laplace"`` with a family that is not Gaussian.
+        TypeError: ``"map"``/``"laplace"``/``"pathfinder"`` with a family that is not
+            Gaussian.
         ValueError: no finite log density found, or ``"laplace"`` at a point whose
             Hessian is not finite.
+        RuntimeError: ``"pathfinder"`` when every path failed (the message says why).
 
     Example:
         >>> info = initialize(model, family, "laplace")  # doctest: +SKIP
@@ -442,13 +470,12 @@ def initialize(
             f"{type(family).__name__}. Use init='prior'"
         )
     began = time.perf_counter()
+    if init == "pathfinder":
+        return pathfinder_start(model, family, seed=seed)
     if map_estimate is None:
-        with torch.no_grad():
-            loc = family.loc.detach().clone()
-        start = model.initial_point()
-        if start is None and bool(loc.abs().max() > 0):
-            start = loc  # a user who placed the family chose the start
-        map_estimate = find_map(model, start, seed=seed, newton=init == "laplace" or None)
+        map_estimate = find_map(
+            model, start_point(model, family), seed=seed, newton=init == "laplace" or None
+        )
     z = map_estimate.z.to(family.loc)
     if init == "map":
         with torch.no_grad():
@@ -461,3 +488,36 @@ def initialize(
     return Initialization(
         "laplace", map_estimate, precision, repaired, seconds=time.perf_counter() - began
     )
+
+
+#: Draws a path of a Pathfinder start (only its Gaussian is used; the draws give k-hat).
+START_DRAWS_PER_PATH = 250
+
+
+def pathfinder_start(
+    model: Model, family: VariationalFamily, *, seed: int = 0, method: Any = None
+) -> Initialization:
+    """Place ``family`` at the best Gaussian of a Pathfinder run (``init="pathfinder"``).
+
+    Args:
+        model: the model (its full-data log density).
+        family: a Gaussian family, moved in place.
+        seed: seeds the starts and draws.
+        method: a :class:`~svi_torch.methods.pathfinder_method.Pathfinder` value whose
+            settings to use (default: its defaults with :data:`START_DRAWS_PER_PATH` draws a
+            path and as many resampled draws).
+    """
+    from .pathfinder_method import run_pathfinder  # deferred: it imports the method base
+
+    if not isinstance(family, GaussianFamily):
+        raise TypeError(
+            "init='pathfinder' needs a Gaussian family (it sets the mean and covariance); "
+            f"got {type(family).__name__}. Use init='prior'"
+        )
+    began = time.perf_counter()
+    changes = {}
+    if method is None:
+        changes = {"draws_per_path": START_DRAWS_PER_PATH, "num_draws": START_DRAWS_PER_PATH}
+    result = run_pathfinder(model, method, seed=seed, warn=False, **changes)
+    result.set_family(family)
+    return Initialization("pathfinder", seconds=time.perf_counter() - began, pathfinder=result)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .draws import DEFAULT_SEED, constrained_draws, draw_latents, seeded
+from .draws import DEFAULT_SEED, constrained_draws, seeded
 from .predictive import pointwise_log_likelihood, posterior_predictive
 
 if TYPE_CHECKING:
@@ -133,7 +133,8 @@ def to_arviz(
     model, family = result.model, result.family
     given = dict(dims or {})
     with seeded(seed, family, model):
-        z, log_q = draw_latents(family, num_samples, seed=None)
+        # The fit's draws: new ones from q, or the fixed draws a method left (Pathfinder).
+        z, log_q = result.latents(num_samples, seed=None)
         draws = constrained_draws(model, z)
         lp = log_joint_of_draws(model, z)
         simulated = None
@@ -167,10 +168,18 @@ def to_arviz(
         data["log_likelihood"] = {name: _numpy(pointwise)[None]}
         all_dims.setdefault(name, _dims(name, pointwise.shape[1:], given))
     khat = psis_khat(log_w) if num_samples >= 25 else None
+    khat_value = khat.value if khat is not None else math.nan
+    khat_reading = khat.reading if khat is not None else "too few draws (< 25)"
+    if result.draws is not None:
+        # Resampled draws are equally weighted: their k-hat is that of the weights they were
+        # resampled with, which the method stored (log_weight here is against the proposal).
+        stored = result.diagnostics
+        khat_value = stored.khat if stored is not None else math.nan
+        khat_reading = stored.reading if stored is not None else "not stored by the method"
     stats_attrs: dict[str, Any] = {
         "elbo": float(log_w.mean()),
-        "khat": khat.value if khat is not None else math.nan,
-        "khat_reading": khat.reading if khat is not None else "too few draws (< 25)",
+        "khat": khat_value,
+        "khat_reading": khat_reading,
         "space": "lp and log_q are densities of the unconstrained z (Jacobian in lp)",
     }
     if result.history.get("elbo"):

@@ -403,6 +403,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> FitResult:
         skipped_steps=int(state["skipped_steps"]),
         diagnostics=_diagnostics(diag),
         config=config_to_dict(config),
+        draws=state.get("draws"),  # a method's fixed draws (Pathfinder), if it left any
+        draws_log_q=state.get("draws_log_q"),
     )
 
 

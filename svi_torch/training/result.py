@@ -14,7 +14,13 @@ from torch import Tensor
 
 from ..families.base import VariationalFamily
 from ..models.base import Model
-from ..posterior.draws import DEFAULT_SEED, constrained_draws, draw_latents, seeded
+from ..posterior.draws import (
+    DEFAULT_SEED,
+    check_num_samples,
+    constrained_draws,
+    draw_latents,
+    seeded,
+)
 from ..posterior.predictive import pointwise_log_likelihood, posterior_predictive
 from ..posterior.summary import SummaryTable, summary_table
 
@@ -73,6 +79,15 @@ class FitResult:
             stored by :meth:`save` and restored by :func:`~svi_torch.load_result`).
         config: the resolved config of a CLI run (``None`` for a fit from Python); what
             rebuilds the model when the result is loaded.
+        draws: fixed unconstrained draws ``(R, D)``, equally weighted, that the after-fit
+            tools use *instead of* new draws from the family (``None``: draw from the
+            family). Pathfinder sets them to its importance-resampled draws: ``sample``,
+            the summaries, the predictive, the per-point log likelihood and the ArviZ export
+            then describe those draws (the first ``num_samples`` of them; the default is
+            all of them when fewer than the usual default, and asking for more than ``R``
+            is an error), whatever ``seed``. ``diagnose`` still describes the family.
+        draws_log_q: :math:`\\log` of the density the fixed draws were proposed from (for
+            Pathfinder the mixture of the paths' Gaussians), ``(R,)``, or ``None``.
 
     Example:
         >>> result = st.fit(model, family)  # doctest: +SKIP
@@ -94,6 +109,8 @@ class FitResult:
     decisions: list[Decision] = field(default_factory=list)
     diagnostics: Diagnostics | None = None
     config: dict[str, Any] | None = None
+    draws: Tensor | None = None
+    draws_log_q: Tensor | None = None
 
     @property
     def decision_summary(self) -> str:
@@ -122,23 +139,59 @@ class FitResult:
         )
 
     # -- draws and summaries ----------------------------------------------------------
+    def num_draws(self, num_samples: int | None, default: int) -> int:
+        """``num_samples``, or the tools' ``default`` (capped at the fixed draws held)."""
+        if num_samples is not None:
+            return num_samples
+        if self.draws is not None:
+            return min(default, self.draws.shape[0])
+        return default
+
+    def latents(
+        self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED
+    ) -> tuple[Tensor, Tensor]:
+        """``(z, log q(z))``, shapes ``(S, D)`` and ``(S,)``: the draws every after-fit tool uses.
+
+        New draws :math:`z_s \\sim q` from the family, or the first ``num_samples`` of the
+        fixed :attr:`draws` when the method left some (``seed`` then plays no part).
+        """
+        num_samples = self.num_draws(num_samples, 1000)
+        if self.draws is None:
+            return draw_latents(self.family, num_samples, seed)
+        check_num_samples(num_samples)
+        held = self.draws.shape[0]
+        if num_samples > held:
+            raise ValueError(
+                f"this fit holds {held} fixed draws ({self.method or 'the method'}'s "
+                f"resampled draws), fewer than the {num_samples} asked for; ask for at most "
+                f"{held}, or refit with more (e.g. st.methods.Pathfinder(num_draws="
+                f"{num_samples}))"
+            )
+        z = self.draws[:num_samples]
+        if self.draws_log_q is None:
+            return z, torch.full((num_samples,), math.nan, dtype=torch.float64)
+        return z, self.draws_log_q[:num_samples]
+
     def sample(
-        self, num_samples: int = 1000, seed: int | None = DEFAULT_SEED, derived: bool = True
+        self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED, derived: bool = True
     ) -> dict[str, Tensor]:
-        """Named constrained draws, each of shape ``(num_samples, *shape)``.
+        """Named constrained draws, each of shape ``(num_samples, *shape)`` (default 1000,
+        or all the fixed draws a method such as Pathfinder left when they are fewer).
 
         With ``derived`` (default) the model's derived quantities (:meth:`Model.derived`,
         e.g. eight schools' ``theta``) come after the parameters.
         """
-        z, _ = draw_latents(self.family, num_samples, seed)
+        z, _ = self.latents(num_samples, seed)
         return constrained_draws(self.model, z, derived)
 
     def summary(
-        self, num_samples: int = 4000, seed: int | None = DEFAULT_SEED, khat: bool = True
+        self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED, khat: bool = True
     ) -> SummaryTable:
         """The posterior table: mean, sd, 5/50/95% quantiles and Monte Carlo s.e. of the mean
         of every constrained scalar and derived quantity, with the PSIS :math:`\\hat k` of
-        the same draws (``khat=False`` skips its full-data pass).
+        the same draws (``khat=False`` skips its full-data pass). Default 4000 draws (all
+        the fixed draws when a method left fewer; their :math:`\\hat k` is then the
+        method's own, from :attr:`diagnostics`).
 
         ``print(result.summary())`` prints it; ``.to_pandas()`` gives a DataFrame. See
         :mod:`svi_torch.posterior.summary`.
@@ -146,10 +199,16 @@ class FitResult:
         from ..diagnostics import psis_khat
         from ..posterior.arviz import log_joint_of_draws
 
-        z, log_q = draw_latents(self.family, num_samples, seed)
+        num_samples = self.num_draws(num_samples, 4000)
+        z, log_q = self.latents(num_samples, seed)
         draws = constrained_draws(self.model, z)
         value, reading = None, "not computed"
-        if khat and num_samples >= 25:
+        if khat and self.draws is not None:
+            # Resampled draws are equally weighted: the k-hat is that of the weights they
+            # were resampled with, which the method stored.
+            if self.diagnostics is not None:
+                value, reading = self.diagnostics.khat, self.diagnostics.reading
+        elif khat and num_samples >= 25:
             try:
                 k = psis_khat(log_joint_of_draws(self.model, z) - log_q.double())
                 value, reading = k.value, k.reading
@@ -160,7 +219,7 @@ class FitResult:
         return summary_table(draws, num_samples, value, reading, seed)
 
     def posterior_summary(
-        self, num_samples: int = 4000, seed: int | None = DEFAULT_SEED
+        self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED
     ) -> dict[str, dict[str, float]]:
         """Mean, sd and 5/50/95% quantiles of every constrained scalar and derived quantity,
         e.g. ``{"beta[0]": {"mean": ..., "sd": ..., "q05": ..., "q50": ..., "q95": ...}}``.
@@ -192,7 +251,7 @@ class FitResult:
     # -- what comes after the fit ---------------------------------------------------------
     def predictive(
         self,
-        num_samples: int = 1000,
+        num_samples: int | None = None,
         data: Mapping[str, object] | None = None,
         seed: int | None = DEFAULT_SEED,
     ) -> dict[str, Tensor]:
@@ -202,11 +261,13 @@ class FitResult:
 
         See :func:`svi_torch.posterior.posterior_predictive`.
         """
-        return posterior_predictive(self.model, self.family, num_samples, data, seed)
+        num_samples = self.num_draws(num_samples, 1000)
+        z = self.latents(num_samples)[0] if self.draws is not None else None
+        return posterior_predictive(self.model, self.family, num_samples, data, seed, z=z)
 
     def log_likelihood(
         self,
-        num_samples: int = 1000,
+        num_samples: int | None = None,
         seed: int | None = DEFAULT_SEED,
         data: Mapping[str, object] | None = None,
     ) -> Tensor:
@@ -215,16 +276,18 @@ class FitResult:
 
         See :func:`svi_torch.posterior.pointwise_log_likelihood`.
         """
-        return pointwise_log_likelihood(self.model, self.family, num_samples, seed, data)
+        num_samples = self.num_draws(num_samples, 1000)
+        z = self.latents(num_samples)[0] if self.draws is not None else None
+        return pointwise_log_likelihood(self.model, self.family, num_samples, seed, data, z=z)
 
     def to_arviz(
-        self, num_samples: int = 1000, seed: int | None = DEFAULT_SEED, **options: Any
+        self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED, **options: Any
     ) -> Any:
         """ArviZ's ``xarray.DataTree`` of the fit (posterior, posterior predictive, observed
         data, log likelihood, sample stats); see :func:`svi_torch.posterior.to_arviz`."""
         from ..posterior.arviz import to_arviz
 
-        return to_arviz(self, num_samples, seed, **options)
+        return to_arviz(self, self.num_draws(num_samples, 1000), seed, **options)
 
     def save(self, path: str | os.PathLike[str], diagnostics: bool = True) -> Path:
         """Write the fit to ``path`` (safe to load, checksummed, atomic); load it back with
