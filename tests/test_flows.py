@@ -138,3 +138,27 @@ def test_coupling_flow_needs_two_dimensions():
     with pytest.raises(ValueError, match="needs dim >= 2"):
         NormalizingFlow(1, transform="affine_coupling")
     NormalizingFlow(1, transform="radial")  # element-free layers work in one dimension
+
+
+@pytest.mark.parametrize("transform", ["iaf", "affine_coupling"])
+def test_a_flow_started_from_a_gaussian_is_that_gaussian(transform):
+    """initialize_from_gaussian: identity layers and the Gaussian's affine map after them."""
+    torch.manual_seed(0)
+    scale_tril = torch.tensor([[1.0, 0.0, 0.0], [0.5, 2.0, 0.0], [0.1, -0.3, 0.5]])
+    loc = torch.tensor([1.0, -2.0, 3.0])
+    flow = NormalizingFlow(3, transform=transform)
+    flow.initialize_from_gaussian(loc, scale_tril @ scale_tril.T)
+    z, log_q = flow.rsample_and_log_prob((20000,))
+    gaussian = torch.distributions.MultivariateNormal(loc, scale_tril=scale_tril)
+    # q is the Gaussian exactly: the fused log q equals its density to rounding.
+    torch.testing.assert_close(log_q, gaussian.log_prob(z), rtol=1e-4, atol=1e-4)
+    whitened = torch.linalg.solve_triangular(scale_tril, (z - loc).T, upper=False).T
+    # 20000 draws: the whitened mean has s.e. 0.007, the variances 0.01; 5 s.e. bounds.
+    assert whitened.mean(0).abs().max() < 0.035
+    assert (torch.cov(whitened.T).diagonal() - 1).abs().max() < 0.05
+    state = flow.state_dict()
+    again = NormalizingFlow(3, transform=transform)
+    again.load_state_dict(state)  # the affine map is part of the saved state
+    torch.testing.assert_close(
+        again.log_prob(z[:5]), gaussian.log_prob(z[:5]), rtol=1e-4, atol=1e-4
+    )

@@ -113,3 +113,24 @@ def test_mixture_from_registry_logs_posterior_variance(bimodal):
 def test_bad_mixture_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GaussianMixture(2, **kwargs)
+
+
+def test_a_mixture_started_from_a_gaussian_has_its_covariance_in_every_component():
+    scale_tril = torch.tensor([[1.0, 0.0], [0.8, 0.6]])
+    loc = torch.tensor([2.0, -1.0])
+    covariance = scale_tril @ scale_tril.T
+    for kind in ("full", "diag"):
+        mixture = GaussianMixture(2, components=3, covariance=kind)
+        mixture.initialize_from_gaussian(loc, covariance)
+        components = mixture.component_distribution()
+        expected = covariance if kind == "full" else torch.diag_embed(covariance.diagonal())
+        cov = (
+            components.covariance_matrix
+            if kind == "full"
+            else torch.diag_embed(components.variance)
+        )
+        torch.testing.assert_close(cov, expected.expand(3, 2, 2), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mixture.weights, torch.full((3,), 1 / 3))
+        # Means half a standard deviation around loc (whitened offsets of a fixed N(0, I) draw).
+        offsets = torch.linalg.solve_triangular(scale_tril, (mixture.locs - loc).T, upper=False).T
+        assert 0 < offsets.norm(dim=-1).max() < 3 * 0.5 * 2**0.5

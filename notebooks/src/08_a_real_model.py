@@ -287,8 +287,10 @@ assert ppc["skewness"] > 0.98
 #
 # posteriordb's reference is 10 000 NUTS draws (10 chains, thinned) of this posterior. We
 # compare three families fitted by the default method: the full-rank Gaussian above, a
-# mean-field Gaussian, and a small normalizing flow (two autoregressive layers, trained by
-# stochastic gradients: a flow has no Laplace start). The two extra fits use the native
+# mean-field Gaussian, and a small normalizing flow (two autoregressive layers). The default
+# method starts the flow *at* the Laplace approximation (its layers the identity map, a
+# fixed affine map after them carrying the Gaussian) and trains it by stochastic gradients:
+# there is no natural-gradient step for a flow. The two extra fits use the native
 # model, which has the same density (checked above) and is faster.
 #
 # Monte Carlo error of each comparison: the mean of $S$ draws from $q$ has s.e.
@@ -399,12 +401,13 @@ assert fr["corr_err"] < 0.06  # the s.e. of a correlation near 0.99 from 4000 dr
 #   marginal $(\Lambda^{-1})_{jj}$ (notebook 4's $1 - \rho^2$). With the predictors
 #   uncentred, the intercept and slopes are correlated beyond 0.99 and the two differ by
 #   that factor. $\hat k$ flagged it (bad).
-# * **Flow**: the most flexible family is the worst fit here. Trained by stochastic
-#   gradients from a standard-normal start, on raw scales and along a ridge of
-#   correlation 0.99, it has not found the posterior in its budget: it understates two
-#   coefficients' sds more than tenfold and overstates the others' and $\sigma$'s several
-#   times, with means many sds off. $\hat k$ is far above 0.7 (infinite: one draw carries
-#   all the weight): the check catches it.
+# * **Flow**: as good as the full-rank Gaussian, and for the same reason: it started
+#   where the full-rank fit ends (the Laplace approximation), so stochastic gradients
+#   only had to keep it there. Its sds are within a tenth of the reference, $\hat k$ good.
+#   Started from a standard normal instead, on raw scales and along a ridge of
+#   correlation 0.99, the same flow did not find the posterior in this budget (a draft of
+#   this notebook had it: sds ten times too small and several times too large, $\hat k$
+#   infinite): the start matters more than the family's flexibility.
 #
 # The mean-field prediction can be checked against the full-rank fit's own precision,
 # without the reference (in $z$, where $\sigma$ is $\log\sigma$):
@@ -422,8 +425,11 @@ assert abs(mf["sd_ratio"][4] - 1) < 4 * mf["sd_se"][4]
 assert (np.abs(mf["mean_err"]) < 4 * np.hypot(mf["mean_se"], fit_noise)).all()
 assert kidiq_khat["full-rank"] < 0.5 < 0.7 < kidiq_khat["mean-field"]
 flow_k = kidiq_tables["flow"]
-assert kidiq_khat["flow"] > 0.7 and np.abs(flow_k["mean_err"]).max() > 3
-assert (flow_k["sd_ratio"][:2] < 0.1).all() and (flow_k["sd_ratio"][2:] > 2).all()
+assert kidiq_khat["flow"] < 0.5  # good
+# Trained by stochastic gradients, the flow carries a fit noise of its own, a few hundredths
+# of an sd in the means (as the full-rank fit's seed-to-seed spread above): 0.15 is ~4 of them.
+assert (np.abs(flow_k["mean_err"]) < 0.15).all()
+assert (np.abs(flow_k["sd_ratio"] - 1) < 0.1).all()
 
 # %% [markdown]
 # # Part 2: eight schools, where a Gaussian is not right
@@ -743,7 +749,9 @@ assert runs["model"] > 400 and fit_schools.grad_evals > runs["model"]
 #   a mean-field Gaussian understated the regression's coefficient sds sixteenfold,
 #   exactly as $1/\Lambda_{jj}$ predicts.
 # * **Depends on the optimisation landscape**: the flow, the most flexible family, was the
-#   best fit of the hierarchy and the worst of the regression.
+#   best fit of the hierarchy and matched the full-rank Gaussian on the regression, but
+#   only because it started from the Laplace approximation; from a standard-normal start
+#   it failed on the regression's ridge.
 # * **Checkable without the answer**: $\hat k$, the gap between the importance-weighted
 #   evidence and the ELBO, reweighting and a posterior predictive check all pointed the
 #   right way before we opened the reference, though $\hat k$ near its thresholds is a

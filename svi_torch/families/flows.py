@@ -145,6 +145,28 @@ class FlowLayers(nn.Module):
             x = y
         return x, log_q
 
+    def start_at_identity(self) -> bool:
+        """Make every layer the identity map, where its parametrisation allows; True if all did.
+
+        Affine autoregressive and affine coupling layers output :math:`y = e^{s}x + t` from a
+        network: its last linear layer set to zero gives :math:`s = t = 0`. Spline, planar
+        and radial layers are left as built (False): Pyro's planar layer reparametrises
+        :math:`u` to keep itself invertible, so no setting of its parameters is the identity.
+        """
+        every = True
+        with torch.no_grad():
+            for layer in self.layers:
+                if isinstance(layer, T.AffineAutoregressive):
+                    last = layer.arn.layers[-1]
+                elif isinstance(layer, T.AffineCoupling):
+                    last = layer.nn.layers[-1]
+                else:
+                    every = False
+                    continue
+                last.weight.zero_()
+                last.bias.zero_()
+        return every
+
     def clear_cache(self) -> None:
         """Forget what Pyro's layers cached from the last forward pass (inputs, outputs,
         log-Jacobians); the next ``log_prob`` then recomputes (or inverts) from scratch."""
@@ -204,13 +226,24 @@ class NormalizingFlow(VariationalFamily):
         self.loc = nn.Parameter(_initial_loc(dim, init_loc))
         self.raw_scale = nn.Parameter(inverse_softplus(_initial_scale(dim, init_scale)))
         self.flow = FlowLayers(dim, transform, layers, hidden_dims, count_bins, bound)
+        # A fixed affine map after the layers, z = a + A y: the identity until
+        # initialize_from_gaussian places the flow at a Gaussian (saved with the state).
+        self.register_buffer("out_loc", torch.zeros(dim))
+        self.register_buffer("out_scale_tril", torch.eye(dim))
+        self.register_buffer("has_affine", torch.zeros((), dtype=torch.bool))
 
     def base(self) -> Independent:
         """The base distribution :math:`\\mathcal{N}(\\mu, \\mathrm{diag}(\\sigma^2))`."""
         return Independent(Normal(self.loc, F.softplus(self.raw_scale), validate_args=False), 1)
 
+    def _parts(self) -> list[Transform]:
+        parts = self.flow.parts()
+        if bool(self.has_affine):
+            parts = [*parts, T.LowerCholeskyAffine(self.out_loc, self.out_scale_tril)]
+        return parts
+
     def forward(self, context: Tensor | None = None) -> TransformedDistribution:
-        return TransformedDistribution(self.base(), self.flow.parts(), validate_args=False)
+        return TransformedDistribution(self.base(), self._parts(), validate_args=False)
 
     def rsample_and_log_prob(
         self, sample_shape: torch.Size | tuple[int, ...] = (), context: Tensor | None = None
@@ -218,7 +251,30 @@ class NormalizingFlow(VariationalFamily):
         """Fused: :math:`\\log q(z)` accumulated from the layers' forward log-Jacobians."""
         base = self.base()
         x = base.rsample(torch.Size(sample_shape))
-        return self.flow.push_forward(x, base.log_prob(x))
+        z, log_q = self.flow.push_forward(x, base.log_prob(x))
+        if bool(self.has_affine):
+            z = self.out_loc + z @ self.out_scale_tril.mT
+            log_q = log_q - torch.diagonal(self.out_scale_tril).log().sum()
+        return z, log_q
+
+    def initialize_from_gaussian(self, loc: Tensor, covariance: Tensor) -> None:
+        """Start at :math:`\\mathcal{N}(m, \\Sigma)`: :math:`z = m + L y` with :math:`LL^\\top = \\Sigma`.
+
+        The base becomes :math:`\\mathcal{N}(0, I)`, the layers the identity where their
+        parametrisation has one (:meth:`FlowLayers.start_at_identity`: affine autoregressive
+        and affine coupling; spline, planar and radial layers stay as built) and the fixed affine
+        map after the layers carries the Gaussian, so that :math:`q` starts *at* the Gaussian
+        solution and training learns only what it misses. The automatic method uses this to
+        place a flow at the Laplace approximation before stochastic-gradient training.
+        """
+        with torch.no_grad():
+            chol = torch.linalg.cholesky(covariance.double()).to(self.out_scale_tril)
+            self.out_loc.copy_(loc.to(self.out_loc))
+            self.out_scale_tril.copy_(chol)
+            self.has_affine.fill_(True)
+            self.flow.start_at_identity()
+            self.loc.zero_()
+            self.raw_scale.copy_(inverse_softplus(torch.ones_like(self.raw_scale)))
 
     def log_prob_detached(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         raise NotImplementedError(

@@ -146,5 +146,33 @@ class GaussianMixture(VariationalFamily):
         z = draws.gather(-2, gather).squeeze(-2)
         return z, mixture.log_prob(z)
 
+    def initialize_from_gaussian(self, loc: Tensor, covariance: Tensor) -> None:
+        """Start every component at :math:`\\mathcal{N}(m, \\Sigma)`, means spread along its axes.
+
+        Component :math:`c` gets the mean :math:`m + \\tfrac12 L\\epsilon_c` (fixed
+        :math:`\\epsilon_c \\sim \\mathcal{N}(0, I)`, half a standard deviation, so the components
+        differ and training can pull them apart) and the covariance :math:`\\Sigma` (its
+        diagonal for ``covariance="diag"``); equal weights. The automatic method uses this to
+        start a mixture at the Laplace approximation.
+        """
+        with torch.no_grad():
+            chol = torch.linalg.cholesky(covariance.double())
+            generator = torch.Generator().manual_seed(1)
+            eps = torch.randn(self.components, self.dim, generator=generator, dtype=torch.float64)
+            means = loc.double() + 0.5 * eps @ chol.mT
+            self.locs.copy_(means.to(self.locs))
+            self.logits.zero_()
+            if self.covariance_type == "diag":
+                scale = torch.diagonal(covariance.double()).sqrt()
+                self.raw_scale.copy_(
+                    inverse_softplus(scale.to(self.raw_scale)).expand_as(self.raw_scale)
+                )
+            else:
+                diag = torch.diagonal(chol)
+                self.raw_scale.copy_(
+                    inverse_softplus(diag.to(self.raw_scale)).expand_as(self.raw_scale)
+                )
+                self.tril.copy_(chol.tril(-1).to(self.tril).expand_as(self.tril))
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, components={self.components}, covariance={self.covariance_type!r}"

@@ -71,6 +71,14 @@ def prepare_state(
     """
     _check_compatible(model, family)
     check_run_settings(settings)
+    # The health guard's settings, checked here so that a method that runs work before the
+    # loop (a MAP search) refuses them first.
+    HealthGuard(
+        settings.max_bad_steps,
+        settings.max_recoveries,
+        settings.nan_lr_factor,
+        settings.snapshot_every,
+    )
     device = parse_device(settings.device)
     if device is not None:
         model.to(device)
