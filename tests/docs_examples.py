@@ -273,9 +273,11 @@ def _free_port() -> int:
 
 def run_shell(block: Block, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run a bash block (module docstring); raise :class:`ExampleError` unless it succeeds."""
-    link = cwd / "experiments"
-    if not link.exists():
-        link.symlink_to(ROOT / "experiments")
+    # Blocks name the repository's configs and benchmark scripts by relative paths.
+    for folder in ("experiments", "benchmarks"):
+        link = cwd / folder
+        if not link.exists():
+            link.symlink_to(ROOT / folder)
     for name, text in FILES.items():
         (cwd / name).write_text(text)
     env = dict(os.environ)

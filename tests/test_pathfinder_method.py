@@ -109,9 +109,9 @@ def test_bad_settings_and_inputs_are_refused_in_one_line():
             st.fit(model, family, method="pathfinder", **settings)
     with pytest.raises(ValueError, match="objective IWAE"):
         st.fit(model, family, st.objectives.IWAE(num_particles=4), method="pathfinder")
-    flow = st.families.NormalizingFlow(model.dim)
+    # A point mass is neither a Gaussian nor able to start from one (flows and mixtures can).
     with pytest.raises(TypeError, match="initialize_from_gaussian"):
-        st.fit(model, flow, method="pathfinder")
+        st.fit(model, st.families.Delta(model.dim), method="pathfinder")
     with pytest.raises(ValueError, match="resample"):
         st.methods.Pathfinder(resample="off")
     with pytest.raises(ValueError, match="num_paths"):
