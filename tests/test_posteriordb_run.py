@@ -48,3 +48,29 @@ def test_quick_posteriordb_run_scores_every_fit_and_auto_meets_the_targets(tmp_p
             assert cells[14] == "yes", cells
     assert all(cells[1] == "ok" for cells in rows["pyro-amvn"])
     assert "### Summary" in text
+
+
+def test_rows_file_makes_a_killed_run_resume_without_refitting(tmp_path):
+    """Fits recorded in ``--rows`` are reused (not refitted) and a torn last line is
+    dropped, so that fit alone runs again; here every fit is recorded, so nothing runs."""
+    import json
+
+    rows = tmp_path / "rows.jsonl"
+    name = "eight_schools-eight_schools_noncentered"
+    recorded = {"posterior": name, "method": "auto", "mean_err_med": 0.0123, "wall_s": 4.5}
+    torn = json.dumps({"posterior": name, "method": "sgd"})[:-7]
+    rows.write_text(json.dumps(recorded) + "\n" + torn)
+    out = tmp_path / "RESULTS.md"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "posteriordb" / "run.py"),
+        *("--posteriors", name, "--methods", "auto", "--rows", str(rows), "--out", str(out)),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in out.read_text().splitlines() if x.startswith("| auto |"))
+    assert "| 0.01 |" in line and "| 4.5 |" in line
+    # Nothing ran, so nothing was appended.
+    assert rows.read_text().splitlines()[0] == json.dumps(recorded)
+    assert len(rows.read_text().splitlines()) == 2

@@ -31,6 +31,7 @@ Usage (repository root; ``pip install -e .[posteriordb]`` for the ODE models)::
 
     python benchmarks/posteriordb/run.py --jobs 2 --out benchmarks/posteriordb/RESULTS.md
     python benchmarks/posteriordb/run.py --quick          # a smoke test, about a minute
+    python benchmarks/posteriordb/run.py --rows rows.jsonl ...  # resumable: finished fits kept
     python benchmarks/posteriordb/run.py --posteriors eight_schools-eight_schools_noncentered --methods auto pyro-amvn
 """
 
@@ -46,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -481,6 +483,21 @@ QUICK_POSTERIORS = (
 QUICK_METHODS = ("auto", "auto-native", "pyro-amvn")
 
 
+def load_rows(path: Path | None) -> dict[tuple[str, str], Row]:
+    """The fits recorded in a ``--rows`` file, by (posterior, method); a torn last line is
+    dropped (the run was killed while writing it) and that fit runs again."""
+    if path is None or not path.is_file():
+        return {}
+    rows: dict[tuple[str, str], Row] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = Row(**json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue
+        rows[(row.posterior, row.method)] = row
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -497,6 +514,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=None, help="seconds per fit")
     parser.add_argument("--out", type=Path, default=None, help="markdown file to (re)write")
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        default=None,
+        help="JSON-lines file each finished fit is appended to; fits already in it are "
+        "reused, so a killed run resumes where it stopped",
+    )
     parser.add_argument(
         "--worker", nargs=3, metavar=("POSTERIOR", "METHOD", "OUT"), help=argparse.SUPPRESS
     )
@@ -525,9 +549,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     jobs = [(n, m) for n in names for m in methods]
+    done = load_rows(args.rows)
+    lock = threading.Lock()
+
+    def run_or_reuse(job: tuple[str, str]) -> Row:
+        if job in done:
+            return done[job]
+        row = run_isolated(*job, args, print)
+        if args.rows is not None:
+            with lock, args.rows.open("a") as stream:
+                stream.write(json.dumps(asdict(row)) + "\n")
+        return row
+
     began = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        rows = list(pool.map(lambda job: run_isolated(*job, args, print), jobs))
+        rows = list(pool.map(run_or_reuse, jobs))
     total = time.perf_counter() - began
     shown = argv if argv is not None else sys.argv[1:]
     command = "python benchmarks/posteriordb/run.py " + shlex.join(shown)
