@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .. import compat
 from ..data import Batch
 from ..families.base import VariationalFamily
 from ..objectives.base import ObjectiveOutput
@@ -115,16 +116,12 @@ def _fast_defaults(
 def grad_norm(grads: list[Tensor]) -> Tensor:
     """Total 2-norm of ``grads``, as ``torch.nn.utils.get_total_norm`` computes it.
 
-    ``get_total_norm`` first groups the tensors by device and dtype in Python, which costs
-    more than the norm itself for the handful of small tensors a family has; when they
-    share one device and dtype (the usual case) one ``_foreach_norm`` does it.
+    One tensor's norm directly; several through :func:`svi_torch.compat.total_norm`
+    (one fused kernel when they share a device and dtype, the usual case).
     """
-    first = grads[0]
     if len(grads) == 1:
-        return torch.linalg.vector_norm(first)
-    if all(g.device == first.device and g.dtype == first.dtype for g in grads):
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    return torch.nn.utils.get_total_norm(grads)
+        return torch.linalg.vector_norm(grads[0])
+    return compat.total_norm(grads)
 
 
 class TorchOptimizerRule:

@@ -29,6 +29,7 @@ from torch.distributions import Distribution, Transform, biject_to, constraints
 from torch.distributions.constraints import Constraint
 from torch.distributions.transforms import ComposeTransform, identity_transform
 
+from .. import compat
 from ..data import Batch, as_tensor, batch_length, validate_data
 
 __all__ = ["Model", "ParamSpec", "LogJoint", "ConjugateModel"]
@@ -191,7 +192,7 @@ class Model(nn.Module):
         CPU thread, two runs of ``python benchmarks/step_overhead.py``). Any other index (a mask, a 2-D index)
         is applied as ``tensor[indices]``.
         """
-        buffers = self._buffers  # direct: nn.Module.__getattr__ costs more than the gather
+        buffers = compat.module_buffers(self)  # not getattr: it costs more than the gather
         if (
             isinstance(indices, Tensor)
             and indices.dtype in _ROW_INDEX_DTYPES

@@ -63,6 +63,7 @@ from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_feasible
 from torch import Tensor, nn
 
+from .. import compat
 from ..data import Batch
 from .base import LogJoint, Model
 from .pyro_replay import (
@@ -245,7 +246,7 @@ class PyroModel(Model):
         return self._arguments()[1]
 
     def _arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        buffers = self._buffers
+        buffers = compat.module_buffers(self)
         key = tuple(id(buffers[n]) for n in self._arg_names)
         cache = self._arg_cache
         if cache is None or cache[0] != key:

@@ -136,7 +136,7 @@ def is_factor(site: Mapping[str, Any]) -> bool:
 def check_latent_support(name: str, fn: Any) -> Any:
     """``biject_to(fn.support)``, or a :class:`PyroModelError` saying why the site cannot be fitted."""
     support = fn.support
-    if isinstance(support, constraints._Dependent):
+    if constraints.is_dependent(support):
         raise PyroModelError(
             f"latent site {name!r} has a support ({support}) that depends on other values, "
             "which biject_to cannot map to the real line; give it a distribution with a "

@@ -9,11 +9,11 @@ all of that reduces to that last call. Measured on one CPU thread of the 2-core 
 a whole training step is 4-7% faster without it (logistic regression, N=1e4 D=10 B=100
 and N=1e5 D=100 B=256, ``python benchmarks/step_overhead.py``).
 
-:func:`backward` makes that call (``torch.autograd.graph._engine_run_backward``, the one
-``torch.autograd.backward`` ends with, same arguments) with a fresh seed of ones, so
-gradients, hooks and errors are the engine's own. Anything else -- a tensor subclass, a
-non-scalar, a loss without a graph, a torch without that entry point -- goes through
-``loss.backward()``.
+:func:`backward` makes that call through :func:`svi_torch.compat.run_backward` (the
+engine entry point ``torch.autograd.backward`` ends with, same arguments; the public
+function where that entry point is missing) with a fresh seed of ones, so gradients,
+hooks and errors are the engine's own. Anything else -- a tensor subclass, a non-scalar,
+a loss without a graph -- goes through ``loss.backward()``.
 """
 
 from __future__ import annotations
@@ -21,30 +21,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-try:  # private since torch 2.3; the public wrapper is the fallback
-    from torch.autograd.graph import _engine_run_backward
-except ImportError:  # pragma: no cover - older or newer torch
-    _engine_run_backward = None
-# backward() refuses to run inside a functorch transform; so does this (via the fallback).
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+from .. import compat
 
 __all__ = ["backward"]
 
 
 def backward(loss: Tensor) -> None:
     """Accumulate :math:`\\nabla \\text{loss}` into the leaves' ``.grad``; frees the graph."""
-    if (
-        _engine_run_backward is None
-        or type(loss) is not Tensor
-        or loss.dim() != 0
-        or loss.grad_fn is None
-        or _functorch_active()
-    ):
+    if type(loss) is not Tensor or loss.dim() != 0 or loss.grad_fn is None:
         loss.backward()
         return
     # A fresh seed each call (not a cached one): a custom autograd Function that edits its
     # incoming gradient in place must not corrupt the next step's seed.
-    seed = torch.ones_like(loss)
-    _engine_run_backward(
-        (loss,), (seed,), False, False, (), allow_unreachable=True, accumulate_grad=True
-    )
+    compat.run_backward((loss,), (torch.ones_like(loss),))

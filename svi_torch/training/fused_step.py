@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import torch
 from torch.optim import adam as _adam
-from torch.optim import optimizer as _optimizer
+
+from .. import compat
 
 __all__ = ["FusedAdamStep", "optimizer_step", "optimizer_zero_grad"]
 
@@ -42,6 +43,9 @@ class FusedAdamStep:
         group = optimizer.param_groups[0]
         return (
             bool(group.get("fused"))
+            # The group key (and the functional adam's argument) of torch 2.7 on, where
+            # AdamW became Adam with decoupled weight decay; older torch keeps step().
+            and "decoupled_weight_decay" in group
             and not group.get("capturable")
             and not group.get("differentiable")
             and not any(torch.is_complex(p) for p in group["params"])
@@ -51,10 +55,7 @@ class FusedAdamStep:
         """No hooks and no AMP attributes: nothing ``step()`` would do beyond the update."""
         opt = self.optimizer
         return not (
-            opt._optimizer_step_pre_hooks
-            or opt._optimizer_step_post_hooks
-            or _optimizer._global_optimizer_pre_hooks
-            or _optimizer._global_optimizer_post_hooks
+            compat.optimizer_has_step_hooks(opt)
             or getattr(opt, "grad_scale", None) is not None
             or getattr(opt, "found_inf", None) is not None
         )

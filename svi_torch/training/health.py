@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import compat
 from ..objectives.base import ObjectiveOutput
 
 __all__ = ["NonFiniteLossError", "HealthGuard", "FiniteCheck", "non_finite_terms"]
@@ -79,34 +80,26 @@ def non_finite_terms(metrics: Mapping[str, Tensor]) -> list[str]:
 class FiniteCheck:
     """Whether a loss and its gradients are all finite, in one fused op and one host read.
 
-    ``torch._amp_foreach_non_finite_check_and_unscale_`` (the kernel behind
-    ``torch.amp.GradScaler``) scans every tensor in one call and raises a flag; with a
-    scale of exactly 1 it leaves the values unchanged (x times 1 is x for every float).
-    A gradient norm would do the same job in four ops; this matters because the check
-    runs every step. Falls back to ``torch.isfinite`` on tensors the kernel rejects
-    (mixed devices).
+    One fused kernel scans every tensor and raises a flag (:func:`svi_torch.compat.all_finite`,
+    the kernel behind ``torch.amp.GradScaler`` at a scale of exactly 1, which leaves the
+    values unchanged). A gradient norm would do the same job in four ops; this matters
+    because the check runs every step. Falls back to ``torch.isfinite`` on tensors the
+    kernel rejects (mixed devices).
     """
 
     def __init__(self) -> None:
-        self._buffers: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        # Per device: the flag the kernel raises, and the scale 1 it multiplies by.
+        self._flags: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def __call__(self, loss: Tensor, grads: list[Tensor]) -> bool:
-        tensors = [loss, *grads]
         device = loss.device
-        if device not in self._buffers:
-            self._buffers[device] = (
+        if device not in self._flags:
+            self._flags[device] = (
                 torch.zeros((), device=device),
                 torch.ones((), device=device),
             )
-        found, one = self._buffers[device]
-        try:
-            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
-        except (RuntimeError, AttributeError):  # mixed devices, or the kernel is missing
-            return all(bool(torch.isfinite(t).all()) for t in tensors)
-        if bool(found):
-            found.zero_()  # the kernel only ever sets the flag, so it is reset only here
-            return False
-        return True
+        found, one = self._flags[device]
+        return compat.all_finite([loss, *grads], found, one)
 
 
 def _describe(terms: list[str]) -> str:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .. import compat
+
 __all__ = ["LRSchedule", "IterateAverage"]
 
 ScheduleFn = Callable[[int, int], float]
@@ -142,7 +144,7 @@ class IterateAverage:
             if self.count == 0:
                 self.averages = [p.clone() for p in params]
             else:
-                torch._foreach_lerp_(self.averages, params, 1.0 / (self.count + 1))
+                compat.foreach_lerp_(self.averages, params, 1.0 / (self.count + 1))
         self.count += 1
 
     def copy_to(self, params: Iterable[nn.Parameter]) -> None:
