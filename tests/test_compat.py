@@ -267,3 +267,18 @@ def test_a_fit_is_bit_identical_with_every_fallback_forced(case, counts):
     assert len(params) == len(fb_params) > 0
     for a, b in zip(params, fb_params, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_dependent_support_is_refused_through_the_public_check():
+    """``constraints.is_dependent`` (public) replaced ``isinstance(_, constraints._Dependent)``."""
+    from types import SimpleNamespace
+
+    from torch.distributions import constraints
+
+    from svi_torch.models.pyro import PyroModelError
+    from svi_torch.models.pyro_sites import check_latent_support
+
+    with pytest.raises(PyroModelError, match="depends on other values"):
+        check_latent_support("x", SimpleNamespace(support=constraints.dependent))
+    fn = torch.distributions.Normal(0.0, 1.0)
+    assert check_latent_support("x", fn) == torch.distributions.biject_to(fn.support)
