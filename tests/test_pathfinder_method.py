@@ -187,3 +187,39 @@ def test_pyro_model_without_a_map_is_reported_not_raised():
     assert any(d.stage == "warning" and "distinct" in d.reason for d in result.decisions)
     # The patience rule stops each path soon after its best iterate instead of at 1000.
     assert all("elbo_patience" in d.reason for d in result.decisions if d.stage.startswith("path"))
+
+
+def test_points_where_the_models_linear_algebra_fails_have_zero_density():
+    """A Cholesky that fails at some z (here [[1, z0], [z0, 1]], positive definite iff
+    |z0| < 1) gives log p = -inf at those rows, wrapped by the bridge or not; the other rows
+    keep their values and scores, and any other error still propagates."""
+    from svi_torch.methods.density import log_density_and_score, tolerate_numerical_failures
+
+    def log_density(z):
+        values = []
+        for row in z:
+            one = torch.ones_like(row[0])
+            matrix = torch.stack([torch.stack([one, row[0]]), torch.stack([row[0], one])])
+            chol = torch.linalg.cholesky(matrix)
+            values.append(-(row**2).sum() + 2 * torch.log(torch.diagonal(chol)).sum())
+        return torch.stack(values)
+
+    def wrapped(z):
+        try:
+            return log_density(z)
+        except torch.linalg.LinAlgError as err:
+            raise ValueError("the Pyro model raised LinAlgError") from err
+
+    z = torch.tensor([[0.5, 1.0], [1.5, 0.0], [-0.2, 0.3]], dtype=torch.float64)
+    for density in (log_density, wrapped):
+        value, score = log_density_and_score(tolerate_numerical_failures(density), z)
+        assert value[1] == -math.inf and torch.all(score[1] == 0)
+        expected, expected_score = log_density_and_score(log_density, z[[0, 2]])
+        torch.testing.assert_close(value[[0, 2]], expected, rtol=0, atol=0)
+        torch.testing.assert_close(score[[0, 2]], expected_score, rtol=0, atol=0)
+
+    def broken(z):
+        raise KeyError("a bug in the model")
+
+    with pytest.raises(KeyError, match="a bug"):
+        tolerate_numerical_failures(broken)(z)

@@ -194,6 +194,11 @@ def fit_svi_torch(posterior: Posterior, method: str, draws: int, seed: int, quic
     row.notes += sorted({str(w.message).split(";")[0][:120] for w in caught})
     row.ended_on = result.method
     row.grad_evals = result.grad_evals
+    if result.draws is not None and result.draws.shape[0] < draws:
+        # Pathfinder's result is its importance-resampled draws (1000 at its defaults): score
+        # all of them rather than ask for more than it holds.
+        row.notes.append(f"scored on the fit's {result.draws.shape[0]} fixed draws")
+        draws = result.draws.shape[0]
     score(row, posterior, result.sample(draws, seed=seed + 1), sd_free_quantities(posterior))
     try:
         diagnostics = result.diagnose(num_samples=draws, seed=seed + 2)

@@ -101,6 +101,7 @@ from .base import (
     refuse_trainable,
     register_method,
 )
+from .density import is_numerical_failure
 from .starts import (
     LAPLACE_MAX_DIM,
     Initialization,
@@ -274,8 +275,11 @@ class BaMRule:
         entropy = self._entropy()
         try:
             info = self.bam.step(log_density)
-        except torch.linalg.LinAlgError:
-            # A factorisation failed on this batch (the state is unchanged): a bad step.
+        except Exception as err:  # noqa: BLE001 - re-raised unless numerical
+            if not is_numerical_failure(err):
+                raise
+            # A factorisation failed on this batch, ours or the model's (a GP kernel that is
+            # singular at a draw; the bridge wraps it): the state is unchanged, a bad step.
             return self._bad_output(), False
         state.grad_evals += info.num_score_evals * state.batch_fraction + info.num_full_evals
         if not info.accepted:

@@ -10,11 +10,15 @@ the unconstrained log joint (Jacobian included) of each row, and its score
 :math:`\\nabla_z \\log p(z, D)` by autograd. :func:`model_log_density` gives the exact
 full-data one (:meth:`~svi_torch.models.Model.full_log_joint`);
 :func:`minibatch_log_density` an unbiased estimate from a fresh minibatch at every call,
-with the likelihood scaled by :math:`N/B`.
+with the likelihood scaled by :math:`N/B`. :func:`tolerate_numerical_failures` wraps
+either so that a point where the model's own linear algebra fails (a Cholesky of a kernel
+matrix that is not positive definite in floating point) has :math:`\\log p = -\\infty`
+instead of stopping the method.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -28,6 +32,8 @@ __all__ = [
     "model_log_density",
     "minibatch_log_density",
     "log_density_and_score",
+    "is_numerical_failure",
+    "tolerate_numerical_failures",
 ]
 
 LogDensity = Callable[[Tensor], Tensor]
@@ -87,3 +93,48 @@ def log_density_and_score(log_density: LogDensity, z: Tensor) -> tuple[Tensor, T
             )
         (score,) = torch.autograd.grad(value.sum(), z)
     return value.detach(), score.detach()
+
+
+def is_numerical_failure(err: BaseException | None) -> bool:
+    """Whether ``err`` is (or was raised from) a ``torch.linalg.LinAlgError``.
+
+    The Pyro bridge re-raises a model's exception as a ``PyroModelError`` naming the site,
+    ``from`` the original, so the chain of causes is followed.
+    """
+    while err is not None:
+        if isinstance(err, torch.linalg.LinAlgError):
+            return True
+        err = err.__cause__
+    return False
+
+
+def tolerate_numerical_failures(log_density: LogDensity) -> LogDensity:
+    """``log_density`` with :math:`-\\infty` for each row where the model's linear algebra fails.
+
+    A model that factorises a matrix built from :math:`z` (a GP's kernel
+    :math:`K = \\alpha^2 k_\\rho + \\sigma^2 I`) can fail at draws far in q's tail, where
+    :math:`K` is singular in floating point: the density is then not computable there, and
+    the methods treat it as zero density (L-BFGS backs off, the draw gets no importance
+    weight) rather than stop. Only ``LinAlgError`` (also wrapped, see
+    :func:`is_numerical_failure`) is tolerated; any other error is the model's and
+    propagates. The batch is evaluated whole first, row by row only after a failure.
+    """
+
+    def evaluate(z: Tensor) -> Tensor:
+        try:
+            return log_density(z)
+        except Exception as err:  # noqa: BLE001 - re-raised unless numerical
+            if not is_numerical_failure(err):
+                raise
+        values = []
+        for row in z.split(1):
+            try:
+                values.append(log_density(row))
+            except Exception as err:  # noqa: BLE001 - re-raised unless numerical
+                if not is_numerical_failure(err):
+                    raise
+                # -inf that still depends on z (zero gradient), as the callers' autograd needs.
+                values.append(row.sum(-1) * 0.0 + (-math.inf))
+        return torch.cat(values)
+
+    return evaluate

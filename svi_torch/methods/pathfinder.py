@@ -88,7 +88,7 @@ from torch import Tensor
 
 from ..diagnostics import KHat, psis_smooth
 from ..models.base import Model
-from .density import LogDensity, log_density_and_score
+from .density import LogDensity, log_density_and_score, tolerate_numerical_failures
 from .lbfgs import LBFGSIterate, lbfgs
 
 __all__ = [
@@ -721,4 +721,5 @@ def pathfinder_model(model: Model, **kwargs: object) -> PathfinderResult:
     if "init" not in kwargs:
         kwargs["init"] = model.initial_point()
     kwargs.setdefault("dtype", model.dtype)
-    return pathfinder(model.full_log_joint, model.dim, **kwargs)  # type: ignore[arg-type]
+    log_density = tolerate_numerical_failures(model.full_log_joint)
+    return pathfinder(log_density, model.dim, **kwargs)  # type: ignore[arg-type]
