@@ -15,11 +15,13 @@ from torch import Tensor
 from torch.distributions import HalfNormal, MultivariateNormal, Normal, constraints
 
 from ..data import Batch, as_tensor, batch_length
+from ..registry import MODELS
 from .base import ConjugateModel
 
 __all__ = ["NormalMean", "BayesianLinearRegression"]
 
 
+@MODELS.register("normal_mean", "conjugate Normal mean, known noise (exact posterior)")
 class NormalMean(ConjugateModel):
     """Normal mean with known noise: :math:`\\mu \\sim \\mathcal{N}(\\mu_0, s_0^2)`,
     :math:`x_i \\mid \\mu \\sim \\mathcal{N}(\\mu, \\sigma^2)`.
@@ -96,6 +98,10 @@ class NormalMean(ConjugateModel):
         return -0.5 * (n * math.log(2 * math.pi) + log_det + quad)
 
 
+@MODELS.register(
+    "linear_regression",
+    "Bayesian linear regression, conjugate with known noise (exact posterior)",
+)
 class BayesianLinearRegression(ConjugateModel):
     """Linear regression :math:`y_i \\sim \\mathcal{N}(x_i^\\top\\beta, \\sigma^2)`,
     :math:`\\beta \\sim \\mathcal{N}(0, s_0^2 I)`.

@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Batch, as_tensor
+from ..registry import MODELS
 from .base import Model
 from .densities import normal_log_prob
 
 __all__ = ["BayesianLogisticRegression"]
 
 
+@MODELS.register("logistic_regression", "Bayesian logistic regression")
 class BayesianLogisticRegression(Model):
     """Logistic regression :math:`y_i \\sim \\mathrm{Bernoulli}(\\mathrm{sigmoid}(x_i^\\top\\beta))`,
     :math:`\\beta \\sim \\mathcal{N}(0, s_0^2 I)`.
