@@ -23,7 +23,7 @@ test: install
 	$(PYTHON) -m pytest -q
 
 lint:
-	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
+	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check . && lint-imports --no-cache
 
 format:
 	$(PYTHON) -m ruff format . && $(PYTHON) -m ruff check --fix .

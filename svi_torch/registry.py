@@ -3,6 +3,21 @@
 Each registry maps a short name to a factory and a one-line description, so that
 ``svi-torch list`` can print them and a config can say ``family: fullrank``. A config may
 also name a user's class directly as ``"package.module:ClassName"``.
+
+Registration lives next to what it registers: a class is registered by a decorator where
+it is defined,
+
+    @FAMILIES.register("fullrank", "full-covariance Gaussian, Cholesky factor")
+    class FullRankGaussian(GaussianFamily): ...
+
+and this module imports nothing from ``svi_torch``, so it sits at the bottom of the layers
+(``docs/architecture.md``) and any module may import it without a cycle. The built-ins are
+therefore only registered once their modules are imported. Each registry is given the
+modules that hold its built-ins (``Registry("family", modules=("svi_torch.families",))``)
+and imports them, by name and once, the first time it is read (``get``, ``names``,
+``entries``, ``in``): a lookup sees every built-in however little of the package the caller
+imported, and importing the registry stays free. Registering never loads, so a decorator
+running while those modules are imported cannot recurse.
 """
 
 from __future__ import annotations
@@ -12,7 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Entry", "Registry", "FAMILIES", "MODELS", "OBJECTIVES", "STUDIES", "import_object"]
+__all__ = [
+    "Entry",
+    "Registry",
+    "FAMILIES",
+    "MODELS",
+    "OBJECTIVES",
+    "STUDIES",
+    "class_path",
+    "import_object",
+]
 
 
 @dataclass(frozen=True)
@@ -27,9 +51,25 @@ class Entry:
 class Registry:
     """A named collection of factories of one kind (families, models, ...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, modules: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.modules = modules
         self._entries: dict[str, Entry] = {}
+        self._loaded = not modules
+
+    def _load(self) -> None:
+        """Import the modules that register the built-ins, once (see the module docstring)."""
+        if self._loaded:
+            return
+        # Set first: a module that reads this registry while it is being imported must not
+        # start the imports again; reset on failure so that the error is raised again.
+        self._loaded = True
+        try:
+            for module in self.modules:
+                importlib.import_module(module)
+        except BaseException:
+            self._loaded = False
+            raise
 
     def register(
         self, name: str, description: str
@@ -49,6 +89,7 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         """The entry ``name``, or a ``module:Class`` import; unknown names list the choices."""
+        self._load()
         if name in self._entries:
             return self._entries[name]
         if ":" in name:
@@ -62,13 +103,21 @@ class Registry:
         )
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
+
+
+def class_path(obj: object) -> str:
+    """``"package.module:QualName"`` of ``obj``'s class (what :func:`import_object` reads)."""
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def import_object(path: str) -> Any:
@@ -86,78 +135,15 @@ def import_object(path: str) -> Any:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
 
 
-FAMILIES = Registry("family")
-MODELS = Registry("model")
-OBJECTIVES = Registry("objective")
-STUDIES = Registry("study")
-
-
-def _register_builtins() -> None:
-    from . import families, models, objectives
-
-    FAMILIES.add(
-        "meanfield", families.MeanFieldGaussian, "fully factorised Gaussian, diag(sigma^2)"
-    )
-    FAMILIES.add("fullrank", families.FullRankGaussian, "full-covariance Gaussian, Cholesky factor")
-    FAMILIES.add("lowrank", families.LowRankGaussian, "low-rank plus diagonal Gaussian")
-    FAMILIES.add(
-        "mixture", families.GaussianMixture, "mixture of Gaussians (stratified ELBO), components=C"
-    )
-    FAMILIES.add(
-        "flow", families.NormalizingFlow, "normalizing flow (Pyro transforms), transform, layers"
-    )
-    FAMILIES.add("delta", families.Delta, "point mass: MAP in the unconstrained space")
-    FAMILIES.add(
-        "amortized",
-        families.AmortizedGaussian,
-        "encoder x_i -> q(z_i | x_i) for local latents, context_dim",
-    )
-    MODELS.add("funnel", models.Funnel, "Neal's funnel, density only (log Z = 0)")
-    MODELS.add("banana", models.Banana, "banana-shaped density, density only (log Z = 0)")
-    MODELS.add(
-        "normal_mean", models.NormalMean, "conjugate Normal mean, known noise (exact posterior)"
-    )
-    MODELS.add(
-        "linear_regression",
-        models.BayesianLinearRegression,
-        "Bayesian linear regression, conjugate with known noise (exact posterior)",
-    )
-    MODELS.add(
-        "logistic_regression", models.BayesianLogisticRegression, "Bayesian logistic regression"
-    )
-    MODELS.add("eight_schools", models.EightSchools, "eight schools, non-centered hierarchical")
-    MODELS.add("autoregressive", models.AutoRegressive, "AR(K) time series (posteriordb arK)")
-    MODELS.add("bnn", models.BayesianNeuralNetwork, "one-hidden-layer Bayesian neural network")
-    OBJECTIVES.add(
-        "elbo", objectives.ELBO, "reparameterized ELBO (reparam or sticking-the-landing)"
-    )
-    _register_bounds_targets_studies()
-
-
-def _register_bounds_targets_studies() -> None:
-    """Objectives beyond the ELBO, density-only targets and the KL/estimator studies."""
-    from . import models, objectives
-    from .studies import estimators, kl_asymmetry, meanfield, scalability
-
-    OBJECTIVES.add("iwae", objectives.IWAE, "importance-weighted bound (reparam or DReG gradient)")
-    OBJECTIVES.add("renyi", objectives.RenyiELBO, "variational Renyi bound of order alpha")
-    OBJECTIVES.add(
-        "forward_kl", objectives.ForwardKL, "forward KL(p||q) fit for targets that can be sampled"
-    )
-    MODELS.add("mixture_target", models.GaussianMixtureTarget, "Gaussian mixture density (no data)")
-    MODELS.add(
-        "correlated_gaussian",
-        models.CorrelatedGaussianTarget,
-        "2-D Gaussian density with correlation rho (no data)",
-    )
-    STUDIES.add("kl-asymmetry", kl_asymmetry.run, "reverse vs forward KL fit to a bimodal target")
-    STUDIES.add("meanfield", meanfield.run, "mean-field variance (1 - rho^2) sigma^2 against rho")
-    STUDIES.add("estimators", estimators.run, "gradient variance and KL at equal wall time")
-    STUDIES.add(
-        "scalability",
-        scalability.run,
-        "SVI as N, batch size, D and particles grow (variance, KL, time per step)",
-    )
-
-
-_register_builtins()
+FAMILIES = Registry("family", modules=("svi_torch.families",))
+MODELS = Registry("model", modules=("svi_torch.models",))
+OBJECTIVES = Registry("objective", modules=("svi_torch.objectives",))
+STUDIES = Registry(
+    "study",
+    modules=(
+        "svi_torch.studies.kl_asymmetry",
+        "svi_torch.studies.meanfield",
+        "svi_torch.studies.estimators",
+        "svi_torch.studies.scalability",
+    ),
+)

@@ -58,6 +58,34 @@ def test_kl_to_prior_analytic_agrees_with_monte_carlo_through_the_model() -> Non
     )
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: st.models.NormalMean(torch.randn(20).double(), prior_loc=0.7, prior_scale=1.5),
+        lambda: _regression(),
+        lambda: st.models.BayesianLogisticRegression(
+            *st.models.logistic_data(50, 3, seed=0)[:2], prior_scale=2.0
+        ),
+    ],
+)
+def test_model_prior_hook_is_the_models_own_log_prior(make) -> None:
+    # The hook (which replaced type checks in monitoring) must be the model's prior: log p(z)
+    # equals log_prior(constrain(z)) + log|J| (zero here: real-valued parameters).
+    model = make()
+    prior = unconstrained_prior(model)
+    assert prior is not None and prior.event_shape == (model.dim,)
+    z = torch.randn(7, model.dim, dtype=prior.loc.dtype)
+    params, log_det = model.constrain(z)
+    expected = model.log_prior(params) + log_det
+    assert torch.allclose(prior.log_prob(z), expected.to(z.dtype), atol=1e-5)
+
+
+def test_model_prior_hook_is_none_without_a_gaussian_prior_in_z() -> None:
+    X, y, _ = st.models.regression_data(50, 2, seed=0)
+    assert unconstrained_prior(st.models.BayesianLinearRegression(X, y, noise_scale=None)) is None
+    assert unconstrained_prior(st.models.Funnel()) is None
+
+
 def test_kl_to_prior_falls_back_to_monte_carlo_for_constrained_parameters() -> None:
     model = st.models.EightSchools()
     assert unconstrained_prior(model) is None

@@ -26,12 +26,14 @@ from torch.distributions import (
     TransformedDistribution,
 )
 
+from ..registry import FAMILIES
 from .base import VariationalFamily, inverse_softplus
 from .flows import FlowLayers
 
 __all__ = ["AmortizedGaussian"]
 
 
+@FAMILIES.register("amortized", "encoder x_i -> q(z_i | x_i) for local latents, context_dim")
 class AmortizedGaussian(VariationalFamily):
     """Encoder :math:`x_i \\mapsto q(z_i \\mid x_i)`: a diagonal or low-rank Gaussian, optionally
     followed by a flow.

@@ -16,16 +16,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.func import functional_call
 
+from ..numerics import inverse_softplus
+
 __all__ = ["VariationalFamily", "inverse_softplus"]
-
-
-def inverse_softplus(x: Tensor | float) -> Tensor:
-    """Inverse of :math:`\\mathrm{softplus}(u) = \\log(1 + e^u)`: :math:`u = x + \\log(-\\mathrm{expm1}(-x))`."""
-    if not (isinstance(x, Tensor) and x.is_floating_point()):
-        x = torch.as_tensor(x, dtype=torch.get_default_dtype())  # float64 inputs keep float64
-    if torch.any(x <= 0):
-        raise ValueError(f"inverse_softplus needs positive values, got min {x.min().item()}")
-    return x + torch.log(-torch.expm1(-x))
 
 
 class VariationalFamily(nn.Module, ABC):

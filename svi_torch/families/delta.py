@@ -17,12 +17,14 @@ import torch
 from pyro.distributions import Delta as PyroDelta
 from torch import Tensor, nn
 
+from ..registry import FAMILIES
 from .base import VariationalFamily
 from .gaussian import _initial_loc
 
 __all__ = ["Delta"]
 
 
+@FAMILIES.register("delta", "point mass: MAP in the unconstrained space")
 class Delta(VariationalFamily):
     """Point estimate :math:`\\hat z` (``loc``); samples are ``loc`` itself, with gradient.
 

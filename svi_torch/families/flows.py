@@ -27,6 +27,7 @@ from pyro.distributions import transforms as T
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, Transform, TransformedDistribution
 
+from ..registry import FAMILIES
 from .base import VariationalFamily, inverse_softplus
 from .gaussian import _initial_loc, _initial_scale
 
@@ -188,6 +189,7 @@ class FlowLayers(nn.Module):
         return f"transform={self.transform!r}, layers={len(self.layers)}"
 
 
+@FAMILIES.register("flow", "normalizing flow (Pyro transforms), transform, layers")
 class NormalizingFlow(VariationalFamily):
     """A normalizing flow over a learnable diagonal Gaussian base.
 

@@ -24,6 +24,7 @@ from torch.distributions import (
     Normal,
 )
 
+from ..registry import FAMILIES
 from .base import VariationalFamily, inverse_softplus
 
 __all__ = ["GaussianFamily", "MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian"]
@@ -153,6 +154,7 @@ class GaussianFamily(VariationalFamily):
         raise NotImplementedError
 
 
+@FAMILIES.register("meanfield", "fully factorised Gaussian, diag(sigma^2)")
 class MeanFieldGaussian(GaussianFamily):
     """Fully factorised Gaussian :math:`q(z) = \\prod_d \\mathcal{N}(z_d; \\mu_d, \\sigma_d^2)`.
 
@@ -224,6 +226,7 @@ class MeanFieldGaussian(GaussianFamily):
             self.raw_scale.copy_(inverse_softplus(torch.diagonal(precision).rsqrt().to(self.loc)))
 
 
+@FAMILIES.register("fullrank", "full-covariance Gaussian, Cholesky factor")
 class FullRankGaussian(GaussianFamily):
     """Full-covariance Gaussian :math:`\\mathcal{N}(\\mu, LL^\\top)` with Cholesky factor :math:`L`.
 
@@ -316,6 +319,7 @@ class FullRankGaussian(GaussianFamily):
             self.tril.copy_(L.tril(-1))
 
 
+@FAMILIES.register("lowrank", "low-rank plus diagonal Gaussian")
 class LowRankGaussian(GaussianFamily):
     """Low-rank plus diagonal Gaussian :math:`\\mathcal{N}(\\mu, WW^\\top + \\mathrm{diag}(d^2))`.
 

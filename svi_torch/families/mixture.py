@@ -30,12 +30,14 @@ from torch.distributions import (
     Normal,
 )
 
+from ..registry import FAMILIES
 from .base import VariationalFamily, inverse_softplus
 from .gaussian import _initial_loc, _initial_scale
 
 __all__ = ["GaussianMixture"]
 
 
+@FAMILIES.register("mixture", "mixture of Gaussians (stratified ELBO), components=C")
 class GaussianMixture(VariationalFamily):
     """Mixture of ``components`` Gaussians with learned weights, means and scales.
 

@@ -335,6 +335,15 @@ class Model(nn.Module):
             total = total + self.log_likelihood(params, chunk)
         return total
 
+    def unconstrained_prior(self) -> Distribution | None:
+        """The prior over the unconstrained :math:`z` as a distribution, or ``None`` (unknown).
+
+        Where it is known (a Gaussian prior on real-valued parameters, whose transform is
+        the identity), monitoring takes :math:`\\mathrm{KL}(q \\,\\|\\, p(z))` in closed form
+        against it; ``None`` (the default) makes that KL a Monte Carlo estimate.
+        """
+        return None
+
     def initial_point(self) -> Tensor | None:
         """A feasible start in the unconstrained space, shape ``(D,)``, or ``None`` (zero).
 

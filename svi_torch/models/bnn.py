@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Batch, as_tensor
+from ..registry import MODELS
 from .base import Model
 from .densities import normal_log_prob
 
@@ -18,6 +19,7 @@ __all__ = ["BayesianNeuralNetwork", "bnn_data"]
 _LIKELIHOODS = ("regression", "classification")
 
 
+@MODELS.register("bnn", "one-hidden-layer Bayesian neural network")
 class BayesianNeuralNetwork(Model):
     """One-hidden-layer network with Gaussian priors on every weight.
 

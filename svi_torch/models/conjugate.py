@@ -15,11 +15,13 @@ from torch import Tensor
 from torch.distributions import HalfNormal, MultivariateNormal, Normal, constraints
 
 from ..data import Batch, as_tensor, batch_length
+from ..registry import MODELS
 from .base import ConjugateModel
 
 __all__ = ["NormalMean", "BayesianLinearRegression"]
 
 
+@MODELS.register("normal_mean", "conjugate Normal mean, known noise (exact posterior)")
 class NormalMean(ConjugateModel):
     """Normal mean with known noise: :math:`\\mu \\sim \\mathcal{N}(\\mu_0, s_0^2)`,
     :math:`x_i \\mid \\mu \\sim \\mathcal{N}(\\mu, \\sigma^2)`.
@@ -74,6 +76,12 @@ class NormalMean(ConjugateModel):
         shape = mu.shape[:-1] + (batch_length(batch),)
         return {"x": mu + self.noise_scale * torch.randn(shape, dtype=mu.dtype, device=mu.device)}
 
+    def unconstrained_prior(self) -> MultivariateNormal:
+        """:math:`\\mathcal{N}(\\mu_0, s_0^2)` over :math:`z = \\mu` (real-valued: no transform)."""
+        loc = torch.full((1,), self.prior_loc, dtype=self.x.dtype, device=self.x.device)
+        eye = torch.eye(1, dtype=self.x.dtype, device=self.x.device)
+        return MultivariateNormal(loc, self.prior_scale**2 * eye)
+
     def exact_posterior_predictive(self) -> Normal:
         """:math:`p(\\tilde x \\mid D) = \\mathcal{N}(\\mu_N, s_N^2 + \\sigma^2)` for one new point."""
         posterior = self.exact_posterior()
@@ -96,6 +104,10 @@ class NormalMean(ConjugateModel):
         return -0.5 * (n * math.log(2 * math.pi) + log_det + quad)
 
 
+@MODELS.register(
+    "linear_regression",
+    "Bayesian linear regression, conjugate with known noise (exact posterior)",
+)
 class BayesianLinearRegression(ConjugateModel):
     """Linear regression :math:`y_i \\sim \\mathcal{N}(x_i^\\top\\beta, \\sigma^2)`,
     :math:`\\beta \\sim \\mathcal{N}(0, s_0^2 I)`.
@@ -172,6 +184,14 @@ class BayesianLinearRegression(ConjugateModel):
         X = (self.data if batch is None else batch)["X"]
         mean, sigma = self._mean_and_noise(params, X)
         return {"y": mean + sigma * torch.randn_like(mean)}
+
+    def unconstrained_prior(self) -> MultivariateNormal | None:
+        """:math:`\\mathcal{N}(0, s_0^2 I)` over :math:`z = \\beta` with a known noise scale;
+        ``None`` when :math:`\\sigma` is inferred (its half-normal prior is not Gaussian in z)."""
+        if self.noise_scale is None:
+            return None
+        eye = torch.eye(self.dim, dtype=self.X.dtype, device=self.X.device)
+        return MultivariateNormal(torch.zeros_like(eye[0]), eye * self.prior_scale**2)
 
     def _require_conjugate(self) -> float:
         if self.noise_scale is None:

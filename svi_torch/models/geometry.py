@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
+from ..registry import MODELS
 from .base import Model
 
 __all__ = ["Funnel", "Banana", "BimodalTarget"]
@@ -32,6 +33,7 @@ class _Target(Model):
         return torch.zeros_like(next(iter(params.values()))[..., 0])
 
 
+@MODELS.register("funnel", "Neal's funnel, density only (log Z = 0)")
 class Funnel(_Target):
     """Neal's funnel: :math:`v \\sim \\mathcal{N}(0, s^2)`, :math:`x_k \\mid v \\sim
     \\mathcal{N}(0, e^{v})`, :math:`k = 1..D-1`.
@@ -67,6 +69,7 @@ class Funnel(_Target):
         return torch.cat([v, x], -1)
 
 
+@MODELS.register("banana", "banana-shaped density, density only (log Z = 0)")
 class Banana(_Target):
     """A banana (Haario et al. 1999): :math:`z_1 \\sim \\mathcal{N}(0, a^2)`,
     :math:`z_2 \\mid z_1 \\sim \\mathcal{N}(b(z_1^2 - a^2), 1)`.

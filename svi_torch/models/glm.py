@@ -7,14 +7,17 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributions import MultivariateNormal
 
 from ..data import Batch, as_tensor
+from ..registry import MODELS
 from .base import Model
 from .densities import normal_log_prob
 
 __all__ = ["BayesianLogisticRegression"]
 
 
+@MODELS.register("logistic_regression", "Bayesian logistic regression")
 class BayesianLogisticRegression(Model):
     """Logistic regression :math:`y_i \\sim \\mathrm{Bernoulli}(\\mathrm{sigmoid}(x_i^\\top\\beta))`,
     :math:`\\beta \\sim \\mathcal{N}(0, s_0^2 I)`.
@@ -49,6 +52,11 @@ class BayesianLogisticRegression(Model):
 
     def log_prior(self, params: Mapping[str, Tensor]) -> Tensor:
         return normal_log_prob(params["beta"], 0.0, self.prior_scale).sum(-1)
+
+    def unconstrained_prior(self) -> MultivariateNormal:
+        """:math:`\\mathcal{N}(0, s_0^2 I)` over :math:`z = \\beta` (real-valued: no transform)."""
+        eye = torch.eye(self.dim, dtype=self.X.dtype, device=self.X.device)
+        return MultivariateNormal(torch.zeros_like(eye[0]), eye * self.prior_scale**2)
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
         return self.pointwise_log_likelihood(params, batch).sum(-1)

@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.distributions import HalfCauchy, Normal, constraints
 
 from ..data import Batch, as_tensor
+from ..registry import MODELS
 from .base import Model
 
 __all__ = ["EightSchools"]
@@ -18,6 +19,7 @@ EIGHT_SCHOOLS_Y = [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0]
 EIGHT_SCHOOLS_SIGMA = [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]
 
 
+@MODELS.register("eight_schools", "eight schools, non-centered hierarchical")
 class EightSchools(Model):
     """Eight schools, non-centered:
 

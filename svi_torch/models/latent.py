@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..data import Batch, batch_length
-from ..families.base import VariationalFamily
 from .base import LogJoint, Model
+
+if TYPE_CHECKING:  # an annotation only: models do not import families
+    from ..families.base import VariationalFamily
 
 __all__ = ["LocalLatentModel", "estimate_local_elbo"]
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.distributions import MultivariateNormal, Normal
 
 from ..data import Batch, as_tensor
-from ..families.base import inverse_softplus
+from ..numerics import inverse_softplus
 from .latent import LocalLatentModel
 
 __all__ = ["ProbabilisticPCA", "ppca_data", "ppca_maximum_likelihood"]

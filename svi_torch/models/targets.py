@@ -27,6 +27,7 @@ from torch.distributions import (
 )
 
 from ..data import Batch
+from ..registry import MODELS
 from .base import Model
 
 __all__ = ["DensityTarget", "GaussianMixtureTarget", "CorrelatedGaussianTarget"]
@@ -93,6 +94,7 @@ def _as_matrix(x: object, name: str, num_components: int | None = None) -> Tenso
     return t
 
 
+@MODELS.register("mixture_target", "Gaussian mixture density (no data)")
 class GaussianMixtureTarget(DensityTarget):
     """A mixture of diagonal Gaussians :math:`p(z) = \\sum_m \\pi_m \\mathcal{N}(z; \\mu_m, \\mathrm{diag}(s_m^2))`.
 
@@ -149,6 +151,7 @@ class GaussianMixtureTarget(DensityTarget):
         return f"dim={self.dim}, components={self.weights.shape[0]}"
 
 
+@MODELS.register("correlated_gaussian", "2-D Gaussian density with correlation rho (no data)")
 class CorrelatedGaussianTarget(DensityTarget):
     """A 2-D Gaussian with correlation :math:`\\rho`: :math:`\\mathcal{N}(0, \\sigma^2[[1, \\rho], [\\rho, 1]])`.
 

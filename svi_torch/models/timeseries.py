@@ -9,11 +9,13 @@ from torch import Tensor
 from torch.distributions import HalfCauchy, Normal, constraints
 
 from ..data import Batch, as_tensor
+from ..registry import MODELS
 from .base import Model
 
 __all__ = ["AutoRegressive", "lag_matrix"]
 
 
+@MODELS.register("autoregressive", "AR(K) time series (posteriordb arK)")
 class AutoRegressive(Model):
     """Autoregression of order :math:`K` (posteriordb's ``arK``):
 

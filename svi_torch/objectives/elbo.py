@@ -20,12 +20,14 @@ from torch import Tensor
 from ..data import Batch, batch_length
 from ..families.base import VariationalFamily
 from ..models.base import Model
+from ..registry import OBJECTIVES
 from ._checks import check_num_particles, total
 from .base import LazyMetrics, Objective, ObjectiveOutput
 
 __all__ = ["ELBO"]
 
 
+@OBJECTIVES.register("elbo", "reparameterized ELBO (reparam or sticking-the-landing)")
 @dataclass(frozen=True)
 class ELBO(Objective):
     """Multi-particle reparameterized ELBO.

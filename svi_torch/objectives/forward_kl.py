@@ -23,12 +23,14 @@ import torch
 from ..data import Batch
 from ..families.base import VariationalFamily
 from ..models.base import Model
+from ..registry import OBJECTIVES
 from ._checks import check_num_particles, total
 from .base import Objective, ObjectiveOutput
 
 __all__ = ["ForwardKL"]
 
 
+@OBJECTIVES.register("forward_kl", "forward KL(p||q) fit for targets that can be sampled")
 @dataclass(frozen=True)
 class ForwardKL(Objective):
     """Minimise :math:`\\mathrm{KL}(p\\|q) = \\mathbb{E}_p[\\log p - \\log q]` with draws from ``p``.

@@ -50,12 +50,14 @@ import torch
 from ..data import Batch
 from ..families.base import VariationalFamily
 from ..models.base import Model
+from ..registry import OBJECTIVES
 from ._checks import check_num_particles, total
 from .base import Objective, ObjectiveOutput
 
 __all__ = ["IWAE"]
 
 
+@OBJECTIVES.register("iwae", "importance-weighted bound (reparam or DReG gradient)")
 @dataclass(frozen=True)
 class IWAE(Objective):
     """Importance-weighted bound :math:`\\mathcal{L}_K = \\log\\frac1K\\sum_k p(z_k, D)/q(z_k)`.

@@ -28,12 +28,14 @@ import torch
 from ..data import Batch
 from ..families.base import VariationalFamily
 from ..models.base import Model
+from ..registry import OBJECTIVES
 from ._checks import check_num_particles, total
 from .base import Objective, ObjectiveOutput
 
 __all__ = ["RenyiELBO"]
 
 
+@OBJECTIVES.register("renyi", "variational Renyi bound of order alpha")
 @dataclass(frozen=True)
 class RenyiELBO(Objective):
     """Variational Rényi bound :math:`\\frac{1}{1-\\alpha}\\log\\frac1K\\sum_k w_k^{1-\\alpha}`.

@@ -127,7 +127,7 @@ def to_arviz(
         >>> az.summary(dt), az.loo(dt, pointwise=True).pareto_k  # doctest: +SKIP
     """
     from ..diagnostics import psis_khat
-    from .persistence import class_path
+    from ..registry import class_path
 
     arviz_base = import_arviz_base()
     model, family = result.model, result.family

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from ..families.base import VariationalFamily
 from ..models.base import Model
+from ..registry import class_path, import_object
 
 if TYPE_CHECKING:
     from ..training.result import FitResult
@@ -75,12 +76,6 @@ class ResultFileError(RuntimeError):
 
 
 # -- specs -----------------------------------------------------------------------------
-def class_path(obj: object) -> str:
-    """``"package.module:QualName"`` of ``obj``'s class (what :func:`import_object` reads)."""
-    cls = type(obj)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 def _is_plain(value: Any) -> bool:
     """Whether ``torch.load(weights_only=True)`` can read ``value`` back as it is."""
     if value is None or isinstance(value, bool | int | float | str | Tensor | torch.dtype):
@@ -214,8 +209,6 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _rebuild_family(spec: Mapping[str, Any], path: Path) -> VariationalFamily:
-    from ..registry import import_object
-
     name = spec["class"]
     advice = f"pass load_result({str(path)!r}, family={name.rsplit(':', 1)[-1]}(...)) built as for the fit"
     if spec["args"] is None:

@@ -38,6 +38,7 @@ from ..fitting import fit
 from ..methods import SGD
 from ..models import BayesianLinearRegression, regression_data
 from ..objectives import ELBO, IWAE, Objective
+from ..registry import STUDIES
 from ._common import new_figure, save_figure, settings, tensorboard, write_csv
 
 __all__ = ["run", "DEFAULTS", "make_objective"]
@@ -86,6 +87,7 @@ def _seconds_per_step(objective: Objective, family, model, repeats: int = 10) ->
     return min(blocks)
 
 
+@STUDIES.register("estimators", "gradient variance and KL at equal wall time")
 def run(outdir: Path, quick: bool = False, overrides: dict | None = None) -> Path:
     """Measure gradient statistics and equal-time KL per estimator and K; return ``outdir``."""
     cfg = settings(DEFAULTS, QUICK, quick, overrides)

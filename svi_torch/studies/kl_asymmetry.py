@@ -36,6 +36,7 @@ from ..fitting import fit
 from ..methods import SGD
 from ..models.targets import GaussianMixtureTarget
 from ..objectives import ELBO, ForwardKL
+from ..registry import STUDIES
 from ._common import new_figure, save_figure, settings, tensorboard, write_csv
 
 __all__ = ["run", "DEFAULTS"]
@@ -57,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
 QUICK: dict[str, Any] = {"steps": 800, "kl_samples": 10_000}
 
 
+@STUDIES.register("kl-asymmetry", "reverse vs forward KL fit to a bimodal target")
 def run(outdir: Path, quick: bool = False, overrides: dict | None = None) -> Path:
     """Fit by reverse and forward KL, write ``summary.csv`` and ``densities.png``; return ``outdir``."""
     cfg = settings(DEFAULTS, QUICK, quick, overrides)

@@ -30,6 +30,7 @@ from ..fitting import fit
 from ..methods import SGD
 from ..models.targets import CorrelatedGaussianTarget
 from ..objectives import ELBO, ForwardKL
+from ..registry import STUDIES
 from ._common import new_figure, save_figure, settings, tensorboard, write_csv
 
 __all__ = ["run", "DEFAULTS"]
@@ -47,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
 QUICK: dict[str, Any] = {"rhos": [0.0, 0.9, 0.99], "steps": 1000}
 
 
+@STUDIES.register("meanfield", "mean-field variance (1 - rho^2) sigma^2 against rho")
 def run(outdir: Path, quick: bool = False, overrides: dict | None = None) -> Path:
     """Fit the three Gaussians for each rho, write ``summary.csv`` and ``variance.png``."""
     cfg = settings(DEFAULTS, QUICK, quick, overrides)

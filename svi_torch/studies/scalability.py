@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..registry import STUDIES
 from .runner import (
     GridPoint,
     GridRun,
@@ -209,6 +210,10 @@ def _tags(sweep: str, config: Any) -> dict[str, Any]:
     }
 
 
+@STUDIES.register(
+    "scalability",
+    "SVI as N, batch size, D and particles grow (variance, KL, time per step)",
+)
 def run(outdir: Path, quick: bool = False, overrides: dict[str, Any] | None = None) -> Path:
     """Run the study into ``outdir``: runs, ``summary.csv`` and the plots; returns ``outdir``."""
     settings = load_settings(ScalabilitySettings, "scalability", quick, overrides)

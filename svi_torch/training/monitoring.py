@@ -66,30 +66,13 @@ __all__ = [
 def unconstrained_prior(model: Model) -> Distribution | None:
     """The prior over the unconstrained :math:`z` as a distribution, where it is known.
 
-    A model may provide ``unconstrained_prior()`` itself; the built-in models with a
-    Gaussian prior on real-valued parameters are recognised here. ``None`` otherwise (the
-    KL to the prior then falls back to Monte Carlo).
+    The model's own :meth:`~svi_torch.models.Model.unconstrained_prior` hook says it (the
+    built-in models with a Gaussian prior on real-valued parameters give it); ``None``
+    otherwise, and for objects without the hook (the KL to the prior then falls back to
+    Monte Carlo).
     """
     custom = getattr(model, "unconstrained_prior", None)
-    if callable(custom):
-        return custom()
-    from ..models import BayesianLinearRegression, BayesianLogisticRegression, NormalMean
-
-    dtype, device = _dtype_device(model)
-    if isinstance(model, NormalMean):
-        loc = torch.full((1,), model.prior_loc, dtype=dtype, device=device)
-        return MultivariateNormal(
-            loc, model.prior_scale**2 * torch.eye(1, dtype=dtype, device=device)
-        )
-    gaussian_beta = isinstance(model, BayesianLogisticRegression) or (
-        isinstance(model, BayesianLinearRegression) and model.noise_scale is not None
-    )
-    if gaussian_beta:
-        eye = torch.eye(model.dim, dtype=dtype, device=device)
-        return MultivariateNormal(
-            torch.zeros(model.dim, dtype=dtype, device=device), eye * model.prior_scale**2
-        )  # type: ignore[attr-defined]
-    return None
+    return custom() if callable(custom) else None
 
 
 def exact_posterior(model: Model) -> Distribution | None:
@@ -429,10 +412,3 @@ def marginals_figure(
 
 def _normal_pdf(x: Tensor, mean: float, sd: float) -> Tensor:
     return torch.exp(-0.5 * ((x - mean) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
-
-
-def _dtype_device(model: Model) -> tuple[torch.dtype, torch.device]:
-    buffer = next((b for b in model.buffers() if b.is_floating_point()), None)
-    if buffer is None:
-        return torch.get_default_dtype(), torch.device("cpu")
-    return buffer.dtype, buffer.device
