@@ -69,6 +69,7 @@ def test_rows_file_makes_a_killed_run_resume_without_refitting(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(1 of the 1 fits recorded by earlier invocations" in out.read_text()
     line = next(x for x in out.read_text().splitlines() if x.startswith("| auto |"))
     assert "| 0.01 |" in line and "| 4.5 |" in line
     # Nothing ran, so nothing was appended.
