@@ -108,8 +108,9 @@ def gaussian_kl(loc: torch.Tensor, cov: torch.Tensor, ref: MultivariateNormal) -
 
 
 # -- svi_torch ------------------------------------------------------------------------------
+DEFAULT_LABEL = "svi_torch default (auto)"
 SVI_TORCH_METHODS: dict[str, dict] = {
-    "svi_torch default (auto)": {},
+    DEFAULT_LABEL: {},
     "svi_torch ngvi, init=prior": {"method": st.methods.NGVI(init="prior")},
     "svi_torch adam defaults": {"method": st.methods.SGD()},
 }
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         default_seconds = math.nan
         for label, settings in SVI_TORCH_METHODS.items():
             steps, seconds, kl = run_svi_torch(problem, settings, budgets)
-            if "default" in label:
+            if label == DEFAULT_LABEL:
                 default_seconds = seconds if steps > 0 else math.nan
             print(f"  {label:36s} {fmt(steps, seconds, kl)}", flush=True)
             rows.append((problem.name, label, steps, seconds, kl))

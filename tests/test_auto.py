@@ -312,3 +312,26 @@ def test_a_posterior_without_a_map_is_fitted_from_pathfinder():
     ]
     mu = result.posterior_summary()["mu"]
     assert abs(mu["mean"] - 4.4) < 0.44 and abs(mu["sd"] - 3.3) < 0.33
+
+
+def test_the_final_q_is_diagnosed_once(regression, monkeypatch):
+    """The last stage's final ELBO and the closing k-hat describe the same q: one full-data
+    diagnosis serves both (two in all, with the stage's start), and a changed family is
+    diagnosed again."""
+    import svi_torch.methods.auto as auto_module
+
+    calls = []
+    real = auto_module.diagnose
+
+    def counting(model, family, num_samples, seed=None):
+        calls.append(torch.cat([t.detach().reshape(-1) for t in family.state_dict().values()]))
+        return real(model, family, num_samples, seed=seed)
+
+    monkeypatch.setattr(auto_module, "diagnose", counting)
+    result = st.fit(regression, FullRankGaussian(regression.dim), batch_size=64, steps=300, seed=0)
+    assert result.method == "auto -> ngvi from laplace"
+    assert len(calls) == 2 and not torch.equal(calls[0], calls[1])
+    final = torch.cat([t.detach().reshape(-1) for t in result.family.state_dict().values()])
+    assert torch.equal(calls[1], final)
+    stage = next(d for d in result.decisions if d.stage == "k-hat")
+    assert stage.reason == f"PSIS k-hat {result.diagnostics.khat:.2f}"

@@ -66,8 +66,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 
-from ..diagnostics import diagnose
+from ..diagnostics import Diagnostics, diagnose
 from ..families.base import VariationalFamily
 from ..families.gaussian import FullRankGaussian, GaussianFamily, LowRankGaussian
 from ..models.base import Model
@@ -163,6 +164,9 @@ class _AutoRun:
         self.candidates: list[_Candidate] = []
         self._accepted = False
         self._pathfinder: Any = None  # the Pathfinder start, shared by the stages from it
+        # The last full-data diagnosis and the family state it describes: the final ELBO of
+        # the last stage and the final k-hat are of the same q, so it is computed once.
+        self._diagnosed: tuple[list[Tensor], Diagnostics] | None = None
 
     # -- the decision procedure ----------------------------------------------------------
     def execute(self) -> FitResult:
@@ -461,10 +465,21 @@ class _AutoRun:
         cost = max(self.model.num_data, 1) * max(self.model.dim, 1)
         return int(min(1000, max(200, 2e8 // cost)))
 
+    def _diagnose_family(self) -> Diagnostics:
+        """:func:`diagnose` of the family as it is (full data), reused while it is unchanged."""
+        state = [t.detach().clone() for t in self.family.state_dict().values()]
+        if self._diagnosed is not None:
+            before, diagnostics = self._diagnosed
+            if len(before) == len(state) and all(map(torch.equal, before, state)):
+                return diagnostics
+        diagnostics = diagnose(self.model, self.family, self._draws(), seed=self.settings.seed)
+        self._diagnosed = (state, diagnostics)
+        return diagnostics
+
     def _elbo(self) -> tuple[float, float] | None:
         """Full-data ELBO of the family as it is, with its s.e. (None if not finite)."""
         try:
-            diagnostics = diagnose(self.model, self.family, self._draws(), seed=self.settings.seed)
+            diagnostics = self._diagnose_family()
         except ValueError:
             return None
         return diagnostics.elbo, diagnostics.elbo_se
@@ -472,7 +487,7 @@ class _AutoRun:
     def diagnose(self, result: FitResult) -> None:
         """The final PSIS k-hat with its reading, a warning above 0.7."""
         try:
-            diagnostics = diagnose(self.model, self.family, self._draws(), seed=self.settings.seed)
+            diagnostics = self._diagnose_family()
         except (ValueError, TypeError, NotImplementedError) as err:
             self._record("k-hat", "unavailable", _one_line(err))
             return
