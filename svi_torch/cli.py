@@ -18,6 +18,7 @@ with status 2 before any run directory is created (or, with ``--resume``, touche
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -181,9 +182,18 @@ def report_lines(metrics: dict, run_dir: Path, seconds: float) -> list[str]:
     lines.append(f"KL(q || prior): {m['kl_prior']:.4g} nats ({m['kl_prior_method']})")
     if m.get("diagnostics/khat") is not None:
         reading = m.get("diagnostics/khat_reading", "")
+        se = m.get("diagnostics/khat_se")
+        error = f" ± {se:.2f}" if isinstance(se, float) and math.isfinite(se) else ""
         lines.append(
-            f"PSIS k-hat: {m['diagnostics/khat']:.3f} ({reading}: {KHAT_MEANING.get(reading, '')})"
+            f"PSIS k-hat: {m['diagnostics/khat']:.3f}{error} ({reading}: "
+            f"{KHAT_MEANING.get(reading, '')})"
         )
+        for key, label in (
+            ("diagnostics/doubtful", "doubtful quantities"),
+            ("diagnostics/draws", "draws"),
+        ):
+            if m.get(key):
+                lines.append(f"{label}: {m[key]}")
     elif "diagnostics/unavailable" in m:
         lines.append(f"PSIS k-hat: not computed ({m['diagnostics/unavailable']})")
     posterior = list(m["posterior"].items())

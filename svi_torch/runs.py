@@ -41,6 +41,7 @@ import yaml
 from .build import Built, build, train_settings
 from .config import Config, ConfigError, config_to_dict
 from .posterior.arviz import write_run_posterior
+from .posterior.draws import DEFAULT_SEED
 from .training.checkpoint import CheckpointError
 from .training.distributed import current_context
 from .training.logging import TensorBoardLogger
@@ -361,16 +362,21 @@ def _diagnostics(result: FitResult, num_samples: int) -> dict[str, Any]:
     Families conditioned on a context (amortized) have no single q(z) to weight against
     p(z, D); their runs report none rather than a number about the wrong density.
     """
-    if result.draws is not None and result.diagnostics is not None:
-        # A method's fixed draws (Pathfinder's resampled ones): its own diagnostics describe
-        # the weights they were drawn with; the family's would describe another q.
-        diag = result.diagnostics
-        return {**diag.as_dict(), "diagnostics/khat_reading": diag.reading}
+    # The fit's one diagnosis (the automatic method's, Pathfinder's for its resampled draws),
+    # or one made now and kept on the result, so that the printout, the logs, the summary
+    # and the ArviZ export state the same k-hat.
     try:
-        diag = result.diagnose(num_samples=num_samples, seed=0)
+        if result.diagnostics is None:
+            result.diagnostics = result.diagnose(num_samples=num_samples, seed=DEFAULT_SEED)
+        diag = result.diagnostics
     except (ValueError, TypeError, NotImplementedError) as err:
         return {"diagnostics/unavailable": " ".join(str(err).split())}
-    return {**diag.as_dict(), "diagnostics/khat_reading": diag.reading}
+    metrics = {**diag.as_dict(), "diagnostics/khat_reading": diag.reading}
+    if diag.doubtful:
+        metrics["diagnostics/doubtful"] = ", ".join(diag.doubtful)
+    if result.draws_source:
+        metrics["diagnostics/draws"] = result.draws_source
+    return metrics
 
 
 def full_data_elbo(model: Any, family: Any, num_samples: int, chunk: int) -> tuple[float, float]:

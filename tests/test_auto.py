@@ -321,17 +321,17 @@ def test_the_final_q_is_diagnosed_once(regression, monkeypatch):
     import svi_torch.methods.auto as auto_module
 
     calls = []
-    real = auto_module.diagnose
+    real = auto_module.importance_draws
 
-    def counting(model, family, num_samples, seed=None):
+    def counting(model, family, num_samples):
         calls.append(torch.cat([t.detach().reshape(-1) for t in family.state_dict().values()]))
-        return real(model, family, num_samples, seed=seed)
+        return real(model, family, num_samples)
 
-    monkeypatch.setattr(auto_module, "diagnose", counting)
+    monkeypatch.setattr(auto_module, "importance_draws", counting)
     result = st.fit(regression, FullRankGaussian(regression.dim), batch_size=64, steps=300, seed=0)
     assert result.method == "auto -> ngvi from laplace"
     assert len(calls) == 2 and not torch.equal(calls[0], calls[1])
     final = torch.cat([t.detach().reshape(-1) for t in result.family.state_dict().values()])
     assert torch.equal(calls[1], final)
     stage = next(d for d in result.decisions if d.stage == "k-hat")
-    assert stage.reason == f"PSIS k-hat {result.diagnostics.khat:.2f}"
+    assert stage.reason.startswith(f"PSIS k-hat {result.diagnostics.khat_text} from 4000 draws")

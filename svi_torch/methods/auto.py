@@ -68,18 +68,24 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..diagnostics import Diagnostics, diagnose
+from ..diagnostics import GOOD_KHAT, Diagnostics, diagnose_draws, importance_draws, psis_smooth
 from ..families.base import VariationalFamily
-from ..families.gaussian import FullRankGaussian, GaussianFamily, LowRankGaussian
+from ..families.gaussian import (
+    FullRankGaussian,
+    GaussianFamily,
+    LowRankGaussian,
+    MeanFieldGaussian,
+)
 from ..models.base import Model
 from ..objectives.base import Objective
 from ..objectives.elbo import ELBO
+from ..reweighting import quantity_checks, resample_indices
 from ..training.checkpoint import load_checkpoint
 from ..training.convergence import ConvergenceMonitor
 from ..training.divergence import DivergenceCheck
 from ..training.health import NonFiniteLossError
 from ..training.logging import Logger
-from ..training.result import Decision, FitResult
+from ..training.result import DIAGNOSTIC_DRAWS, Decision, FitResult
 from ..training.state import DEFAULT_STEPS, TrainConfig
 from .bam_method import BaM
 from .base import LoopMethod, Method, register_method
@@ -113,13 +119,17 @@ class Auto(Method):
 
     Args:
         diagnostic_draws: draws for the final PSIS k-hat and the ELBO comparisons
-            (default: 1000, fewer for large data, at least 200).
+            (default: 4000, fewer for large data, at least 200).
         warn: warn when k-hat is above 0.7.
+        reparameterize: when the fit's k-hat is above 0.5, also fit the model's
+            :meth:`~svi_torch.models.Model.reparameterized` form where it has one (the Pyro
+            bridge non-centres hierarchical location-scale sites) and keep the better.
     """
 
     name: ClassVar[str] = "auto"
     diagnostic_draws: int | None = None
     warn: bool = True
+    reparameterize: bool = True
 
     def fit(
         self,
@@ -135,10 +145,10 @@ class Auto(Method):
             settings = replace(settings, convergence=True)
         run = _AutoRun(self, model, family, objective, settings, loggers, callbacks)
         result = run.execute()
-        if result.interrupted_by is None:
-            run.diagnose(result)
-        result.decisions = run.decisions
         result.method = f"auto -> {result.method}"
+        result.decisions = run.decisions
+        if result.interrupted_by is None:
+            result = run.finish(result)
         result.wall_time = time.perf_counter() - began
         return result
 
@@ -166,7 +176,7 @@ class _AutoRun:
         self._pathfinder: Any = None  # the Pathfinder start, shared by the stages from it
         # The last full-data diagnosis and the family state it describes: the final ELBO of
         # the last stage and the final k-hat are of the same q, so it is computed once.
-        self._diagnosed: tuple[list[Tensor], Diagnostics] | None = None
+        self._diagnosed: tuple[list[Tensor], _Diagnosis] | None = None
 
     # -- the decision procedure ----------------------------------------------------------
     def execute(self) -> FitResult:
@@ -460,48 +470,158 @@ class _AutoRun:
 
     # -- comparisons, diagnostics, resume ------------------------------------------------------
     def _draws(self) -> int:
+        """Draws of q per full-data diagnosis: :data:`DIAGNOSTIC_DRAWS` (k-hat's error about
+        0.12 at 0.6) unless the data make a pass costly, then fewer, never under 200."""
         if self.auto.diagnostic_draws is not None:
             return self.auto.diagnostic_draws
         cost = max(self.model.num_data, 1) * max(self.model.dim, 1)
-        return int(min(1000, max(200, 2e8 // cost)))
+        return int(min(DIAGNOSTIC_DRAWS, max(200, 8e8 // cost)))
 
-    def _diagnose_family(self) -> Diagnostics:
-        """:func:`diagnose` of the family as it is (full data), reused while it is unchanged."""
+    def _diagnosis(self) -> _Diagnosis:
+        """The family as it is, diagnosed on full data; reused while the family is unchanged."""
         state = [t.detach().clone() for t in self.family.state_dict().values()]
         if self._diagnosed is not None:
-            before, diagnostics = self._diagnosed
+            before, diagnosis = self._diagnosed
             if len(before) == len(state) and all(map(torch.equal, before, state)):
-                return diagnostics
-        diagnostics = diagnose(self.model, self.family, self._draws(), seed=self.settings.seed)
-        self._diagnosed = (state, diagnostics)
-        return diagnostics
+                return diagnosis
+        with torch.random.fork_rng(devices=[], enabled=self.settings.seed is not None):
+            if self.settings.seed is not None:
+                torch.manual_seed(self.settings.seed)
+            z, log_q, log_w = importance_draws(self.model, self.family, self._draws())
+        diagnosis = _Diagnosis(diagnose_draws(self.model, z, log_w), z, log_q, log_w)
+        self._diagnosed = (state, diagnosis)
+        return diagnosis
 
     def _elbo(self) -> tuple[float, float] | None:
         """Full-data ELBO of the family as it is, with its s.e. (None if not finite)."""
         try:
-            diagnostics = self._diagnose_family()
+            diagnostics = self._diagnosis().diagnostics
         except ValueError:
             return None
         return diagnostics.elbo, diagnostics.elbo_se
 
-    def diagnose(self, result: FitResult) -> None:
-        """The final PSIS k-hat with its reading, a warning above 0.7."""
+    def finish(self, result: FitResult) -> FitResult:
+        """The final PSIS k-hat ± its error, and what follows from it.
+
+        * :math:`\\hat k \\le 0.5`: q is kept as it is.
+        * :math:`\\hat k > 0.5` and the model has a reparameterised form (hierarchical
+          location-scale sites non-centred): that form is fitted too, by this method, and
+          kept when its ELBO is higher beyond the noise, or equal within it with a lower
+          :math:`\\hat k` (:meth:`_reparameterized_fit`; both ELBOs bound the same
+          :math:`\\log p(D)`).
+        * :math:`0.5 < \\hat k \\le 0.7` on what is kept: q's draws are importance-resampled
+          with their Pareto-smoothed weights (:meth:`_resample`).
+        * :math:`\\hat k > 0.7` on what is kept: the weights cannot be trusted to correct q:
+          a ``RuntimeWarning`` naming the doubtful quantities, with advice for the family.
+        """
         try:
-            diagnostics = self._diagnose_family()
+            diagnosis = self._diagnosis()
         except (ValueError, TypeError, NotImplementedError) as err:
             self._record("k-hat", "unavailable", _one_line(err))
-            return
+            return result
+        diagnostics = diagnosis.diagnostics
         result.diagnostics = diagnostics
-        self._record("k-hat", diagnostics.reading, f"PSIS k-hat {diagnostics.khat:.2f}")
+        detail = f"PSIS k-hat {diagnostics.khat_text} from {diagnostics.num_samples} draws"
+        if diagnostics.doubtful:
+            detail += f"; {diagnostics.doubtful_text}"
+        self._record("k-hat", diagnostics.reading, detail)
+        if diagnostics.khat > GOOD_KHAT and self.auto.reparameterize:
+            other = self._reparameterized_fit(result)
+            if other is not None:
+                assert other.diagnostics is not None
+                self._warn(other.diagnostics, other.family)
+                return other
+        if GOOD_KHAT < diagnostics.khat <= KHAT_WARN:
+            self._resample(result, diagnosis)
+        self._warn(diagnostics, self.family)
+        return result
+
+    def _warn(self, diagnostics: Diagnostics, family: VariationalFamily) -> None:
         if self.auto.warn and diagnostics.khat > KHAT_WARN:
-            warnings.warn(
-                f"PSIS k-hat of the fit is {diagnostics.khat:.2f} (> {KHAT_WARN}): q is not a "
-                "reliable approximation of this posterior (too light tails, or a shape a "
-                "Gaussian cannot hold); check expectations by importance sampling, try a "
-                "more expressive family (st.families.NormalizingFlow), or use MCMC",
-                RuntimeWarning,
-                stacklevel=4,
+            warnings.warn(_khat_warning(diagnostics, family), RuntimeWarning, stacklevel=4)
+
+    def _reparameterized_fit(self, result: FitResult) -> FitResult | None:
+        """Fit the model's reparameterised form; the result if it wins, else None."""
+        began = time.perf_counter()
+        try:
+            model = self.model.reparameterized()
+        except (ValueError, TypeError, RuntimeError) as err:
+            self._record("reparameterize", "failed", _one_line(err))
+            return None
+        if model is None:
+            return None
+        changed = sorted(set(model.param_specs) ^ set(self.model.param_specs))
+        family = _family_like(self.family, model.dim)
+        if family is None:
+            self._record(
+                "reparameterize",
+                "skipped",
+                f"no {type(self.family).__name__} of the reparameterised model's dimension",
             )
+            return None
+        # The nested fit: the same chain on the new form, without checkpoints (the outer run
+        # owns them), warnings (this run decides) or a second reparameterisation.
+        nested = Auto(self.auto.diagnostic_draws, warn=False, reparameterize=False)
+        settings = replace(self.settings, checkpoint_path=None, resume=False)
+        try:
+            other = nested.fit(model, family, self.objective, settings)
+        except (RuntimeError, ValueError) as err:
+            self._record(
+                "reparameterize", "failed", _one_line(err), 0.0, time.perf_counter() - began
+            )
+            return None
+        old, new = result.diagnostics, other.diagnostics
+        if old is None or new is None:
+            self._record("reparameterize", "failed", "the reparameterised fit has no diagnosis")
+            return None
+        noise = 2 * math.hypot(old.elbo_se, new.elbo_se)
+        gain = new.elbo - old.elbo
+        wins = gain > noise or (abs(gain) <= noise and new.khat < old.khat)
+        reason = (
+            f"sites {', '.join(changed)}; ELBO {new.elbo:.6g} ± {new.elbo_se:.2g} against "
+            f"{old.elbo:.6g} ± {old.elbo_se:.2g}, k-hat {new.khat_text} against "
+            f"{old.khat_text}"
+        )
+        seconds = time.perf_counter() - began
+        self._record(
+            "non-centred", "kept" if wins else "rejected", reason, other.grad_evals, seconds
+        )
+        if not wins:
+            return None
+        other.decisions = self.decisions + [
+            replace(d, stage=f"non-centred {d.stage}") for d in other.decisions
+        ]
+        other.grad_evals = sum(d.grad_evals for d in self.decisions)
+        other.method = other.method.replace("auto -> ", "auto -> non-centred ", 1)
+        return other
+
+    def _resample(self, result: FitResult, diagnosis: _Diagnosis) -> None:
+        """Replace q's draws by their Pareto-smoothed importance resample, and say so."""
+        began = time.perf_counter()
+        smoothed, _ = psis_smooth(diagnosis.log_w)
+        generator = None
+        if self.settings.seed is not None:
+            generator = torch.Generator().manual_seed(self.settings.seed + 1)
+        num = diagnosis.log_w.shape[0]
+        index = resample_indices(smoothed, num, generator)
+        result.draws = diagnosis.z[index]
+        result.draws_log_q = diagnosis.log_q[index].double()
+        checks = quantity_checks(self.model, diagnosis.z, smoothed)
+        moved = sorted(checks, key=lambda c: -c.score)[:4]
+        changes = ", ".join(f"{c.name} sd x{c.ratio:.2f} mean {c.shift:+.2f} sd" for c in moved)
+        distinct = int(torch.unique(index).numel())
+        result.draws_source = (
+            f"PSIS importance resampling of {num} draws of q (k-hat "
+            f"{diagnosis.diagnostics.khat_text}; ESS {diagnosis.diagnostics.ess:.0f}, "
+            f"{distinct} distinct)"
+        )
+        self._record(
+            "importance resampling",
+            "applied",
+            f"{result.draws_source}; largest corrections: {changes}",
+            0.0,
+            time.perf_counter() - began,
+        )
 
     def _read_checkpoint(self) -> None:
         path = self.settings.checkpoint_path
@@ -532,6 +652,16 @@ class _Candidate:
     state: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Diagnosis:
+    """A full-data diagnosis and the draws behind it (kept for importance resampling)."""
+
+    diagnostics: Diagnostics
+    z: Tensor
+    log_q: Tensor
+    log_w: Tensor
+
+
 class _StageFailure(RuntimeError):
     """A stage of the chain cannot start (e.g. no Laplace approximation at the point)."""
 
@@ -552,6 +682,37 @@ def _ngvi_unavailable(
     if current_context().active:
         return "data-parallel (torchrun) training"
     return None
+
+
+def _family_like(family: VariationalFamily, dim: int) -> VariationalFamily | None:
+    """A new family of the same Gaussian kind over ``dim`` dimensions (None: not known)."""
+    if type(family) is FullRankGaussian:
+        return FullRankGaussian(dim)
+    if type(family) is MeanFieldGaussian:
+        return MeanFieldGaussian(dim)
+    if type(family) is LowRankGaussian:
+        return LowRankGaussian(dim, rank=min(family.rank, dim))
+    return None
+
+
+def _khat_warning(diagnostics: Diagnostics, family: VariationalFamily) -> str:
+    """The warning for :math:`\\hat k > 0.7`: what is doubtful, and advice for this family."""
+    if isinstance(family, GaussianFamily):
+        advice = (
+            "a more expressive family (st.families.NormalizingFlow), a non-centred "
+            "parameterisation of hierarchical scales, or MCMC"
+        )
+    else:
+        advice = (
+            f"the {type(family).__name__} fitted here does not hold this posterior either: a "
+            "non-centred parameterisation of hierarchical scales, or MCMC"
+        )
+    doubtful = f"; {diagnostics.doubtful_text}" if diagnostics.doubtful else ""
+    return (
+        f"PSIS k-hat of the fit is {diagnostics.khat_text} (> {KHAT_WARN}): q is not a "
+        f"reliable approximation of this posterior{doubtful}. Importance weights cannot "
+        f"correct it; try {advice}"
+    )
 
 
 def _covariance(precision: torch.Tensor) -> torch.Tensor:

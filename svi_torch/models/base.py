@@ -344,6 +344,17 @@ class Model(nn.Module):
         """
         return None
 
+    def reparameterized(self) -> Model | None:
+        """The same posterior on a better-conditioned parameterisation, or ``None`` (none known).
+
+        What the automatic method fits instead when the fit on this parameterisation is
+        doubtful (:math:`\\hat k > 0.5`). The model returned must have the same evidence
+        :math:`p(D)` (a change of variables with its Jacobian), so that ELBOs compare, and
+        report this model's quantities (e.g. as :meth:`derived` ones). The Pyro bridge
+        returns its model with the hierarchical location-scale sites non-centred.
+        """
+        return None
+
     def initial_point(self) -> Tensor | None:
         """A feasible start in the unconstrained space, shape ``(D,)``, or ``None`` (zero).
 

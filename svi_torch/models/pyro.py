@@ -66,6 +66,7 @@ from torch import Tensor, nn
 from .. import compat
 from ..data import Batch
 from .base import LogJoint, Model
+from .pyro_noncentered import centred_sites, noncentred
 from .pyro_replay import (
     PATHS,
     ParticleRunner,
@@ -192,6 +193,8 @@ class PyroModel(Model):
             )
         self.model_fn = model_fn
         self.data_plate = data_plate
+        # What rebuilds this model on another parameterisation (reparameterized()).
+        self._options = {"observed": tuple(observed), "vectorize_particles": vectorize_particles}
         self.model_name = getattr(model_fn, "__qualname__", None) or type(model_fn).__name__
         self._keep_arguments(args, kwargs, dtype)
         sites = self._discover(seed, tuple(observed))
@@ -257,6 +260,26 @@ class PyroModel(Model):
     def _call(self) -> Any:
         args, kwargs = self._arguments()
         return self.model_fn(*args, **kwargs)
+
+    def reparameterized(self) -> PyroModel | None:
+        """This model with its hierarchical location-scale sites non-centred, or ``None``.
+
+        See :mod:`svi_torch.models.pyro_noncentered`: the sites whose scale is another
+        latent site become ``<name>_decentered`` latents, and ``<name>`` a deterministic
+        site that :meth:`derived` reports, so draws keep the model's own names.
+        """
+        args, kwargs = self._arguments()
+        names = centred_sites(self.model_fn, args, kwargs, self.data_plate)
+        if not names:
+            return None
+        return PyroModel(
+            noncentred(self.model_fn, names),
+            *args,
+            data_plate=self.data_plate,
+            dtype=self.dtype,
+            **self._options,
+            **kwargs,
+        )
 
     @property
     def dtype(self) -> torch.dtype:

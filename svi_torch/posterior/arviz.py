@@ -126,7 +126,6 @@ def to_arviz(
         >>> dt = result.to_arviz(num_samples=2000)  # doctest: +SKIP
         >>> az.summary(dt), az.loo(dt, pointwise=True).pareto_k  # doctest: +SKIP
     """
-    from ..diagnostics import psis_khat
     from ..registry import class_path
 
     arviz_base = import_arviz_base()
@@ -167,19 +166,22 @@ def to_arviz(
         name = observed_names[0] if len(observed_names) == 1 else "obs"
         data["log_likelihood"] = {name: _numpy(pointwise)[None]}
         all_dims.setdefault(name, _dims(name, pointwise.shape[1:], given))
-    khat = psis_khat(log_w) if num_samples >= 25 else None
-    khat_value = khat.value if khat is not None else math.nan
-    khat_reading = khat.reading if khat is not None else "too few draws (< 25)"
-    if result.draws is not None:
-        # Resampled draws are equally weighted: their k-hat is that of the weights they were
-        # resampled with, which the method stored (log_weight here is against the proposal).
-        stored = result.diagnostics
-        khat_value = stored.khat if stored is not None else math.nan
-        khat_reading = stored.reading if stored is not None else "not stored by the method"
+    # The fit's one diagnosis (result.diagnose() at its defaults, kept on the result), so
+    # that the export states the same k-hat as the summary, the printout and the logs.
+    try:
+        fit_diagnosis = result.diagnose()
+        khat_value, khat_reading = fit_diagnosis.khat, fit_diagnosis.reading
+        khat_se, doubtful = fit_diagnosis.khat_se, ", ".join(fit_diagnosis.doubtful)
+    except (ValueError, TypeError, NotImplementedError) as err:
+        khat_value, khat_reading = math.nan, " ".join(str(err).split())
+        khat_se, doubtful = math.nan, ""
     stats_attrs: dict[str, Any] = {
         "elbo": float(log_w.mean()),
         "khat": khat_value,
+        "khat_se": khat_se,
         "khat_reading": khat_reading,
+        "doubtful": doubtful,
+        "draws": result.draws_source or "new draws from q",
         "space": "lp and log_q are densities of the unconstrained z (Jacobian in lp)",
     }
     if result.history.get("elbo"):

@@ -294,6 +294,8 @@ def _diagnostics(values: Mapping[str, Any] | None) -> Any:
         return None
     from ..diagnostics import Diagnostics
 
+    values = dict(values)
+    values["doubtful"] = tuple(values.get("doubtful", ()))
     return Diagnostics(**values)
 
 

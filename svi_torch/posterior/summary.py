@@ -43,6 +43,8 @@ class SummaryTable:
         khat: PSIS :math:`\\hat k` of the fit (``None`` when it could not be computed).
         khat_reading: ``"good"``, ``"ok"``, ``"bad"`` or why there is no :math:`\\hat k`.
         seed: seed of the draws (``None``: the global RNG).
+        note: more to say under the table (the k-hat's error, doubtful quantities, how
+            fixed draws were made), ``""`` for nothing.
     """
 
     names: list[str]
@@ -52,6 +54,7 @@ class SummaryTable:
     khat_reading: str = ""
     seed: int | None = None
     columns: tuple[str, ...] = field(default=COLUMNS)
+    note: str = ""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -96,7 +99,8 @@ class SummaryTable:
         khat = "n/a" if self.khat is None else f"{self.khat:.3f}"
         reading = f" ({self.khat_reading})" if self.khat_reading else ""
         seed = "global RNG" if self.seed is None else f"seed {self.seed}"
-        return f"{self.num_samples} draws from q ({seed}); PSIS k-hat = {khat}{reading}"
+        footer = f"{self.num_samples} draws from q ({seed}); PSIS k-hat = {khat}{reading}"
+        return f"{footer}\n{self.note}" if self.note else footer
 
 
 def format_table(
@@ -134,6 +138,7 @@ def summary_table(
     khat: float | None = None,
     khat_reading: str = "",
     seed: int | None = None,
+    note: str = "",
 ) -> SummaryTable:
     """The :class:`SummaryTable` of named draws, each of shape ``(S, *shape)``."""
     names, flat = flat_draws(draws, num_samples)
@@ -153,4 +158,4 @@ def summary_table(
     values = torch.stack(
         [mean, sd, quantiles[0], quantiles[1], quantiles[2], sd / math.sqrt(num_samples)], -1
     )
-    return SummaryTable(names, values, num_samples, khat, khat_reading, seed)
+    return SummaryTable(names, values, num_samples, khat, khat_reading, seed, note=note)

@@ -27,7 +27,11 @@ from ..posterior.summary import SummaryTable, summary_table
 if TYPE_CHECKING:
     from ..diagnostics import Diagnostics
 
-__all__ = ["FitResult", "Decision", "estimate_elbo"]
+__all__ = ["FitResult", "Decision", "estimate_elbo", "DIAGNOSTIC_DRAWS"]
+
+#: Draws of q behind a fit's diagnosis when no method made one: the PSIS k-hat's Monte
+#: Carlo error is about (1 + k)/sqrt(3 sqrt(S)), 0.12 at k = 0.6 with these.
+DIAGNOSTIC_DRAWS = 4000
 
 
 @dataclass
@@ -88,6 +92,8 @@ class FitResult:
             is an error), whatever ``seed``. ``diagnose`` still describes the family.
         draws_log_q: :math:`\\log` of the density the fixed draws were proposed from (for
             Pathfinder the mixture of the paths' Gaussians), ``(R,)``, or ``None``.
+        draws_source: how the fixed draws were made, in a line (``""`` without them); the
+            automatic method's importance resampling of q says so here.
 
     Example:
         >>> result = st.fit(model, family)  # doctest: +SKIP
@@ -111,6 +117,7 @@ class FitResult:
     config: dict[str, Any] | None = None
     draws: Tensor | None = None
     draws_log_q: Tensor | None = None
+    draws_source: str = ""
 
     @property
     def decision_summary(self) -> str:
@@ -129,14 +136,23 @@ class FitResult:
     def __repr__(self) -> str:
         elbo = self.history.get("elbo")
         last = f"; last logged ELBO {elbo[-1]:.6g}" if elbo else ""
-        return (
+        lines = [
             f"FitResult({type(self.family).__name__} on {type(self.model).__name__}, "
-            f"dim={self.model.dim}, num_data={self.model.num_data})\n"
+            f"dim={self.model.dim}, num_data={self.model.num_data})",
             f"  {self.method or 'fit'}: {self.steps} steps in {self.wall_time:.3g} s "
-            f"({self.skipped_steps} skipped); stop: {self.stop_reason}{last}\n"
-            "  .summary() .sample() .predictive() .log_likelihood() .diagnose() "
-            ".to_arviz() .save()"
+            f"({self.skipped_steps} skipped); stop: {self.stop_reason}{last}",
+        ]
+        if self.diagnostics is not None:
+            diag = self.diagnostics
+            lines.append(f"  PSIS k-hat {diag.khat_text} from {diag.num_samples} draws of q")
+            if diag.doubtful:
+                lines.append(f"  {diag.doubtful_text}")
+        if self.draws_source:
+            lines.append(f"  draws: {self.draws_source}")
+        lines.append(
+            "  .summary() .sample() .predictive() .log_likelihood() .diagnose() .to_arviz() .save()"
         )
+        return "\n".join(lines)
 
     # -- draws and summaries ----------------------------------------------------------
     def num_draws(self, num_samples: int | None, default: int) -> int:
@@ -188,35 +204,30 @@ class FitResult:
         self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED, khat: bool = True
     ) -> SummaryTable:
         """The posterior table: mean, sd, 5/50/95% quantiles and Monte Carlo s.e. of the mean
-        of every constrained scalar and derived quantity, with the PSIS :math:`\\hat k` of
-        the same draws (``khat=False`` skips its full-data pass). Default 4000 draws (all
-        the fixed draws when a method left fewer; their :math:`\\hat k` is then the
-        method's own, from :attr:`diagnostics`).
+        of every constrained scalar and derived quantity, with the fit's PSIS :math:`\\hat k`
+        (the one of :meth:`diagnose`, computed once per fit and the same everywhere it is
+        reported; ``khat=False`` skips it when it is not computed yet). Default 4000 draws
+        (all the fixed draws when a method left fewer).
 
         ``print(result.summary())`` prints it; ``.to_pandas()`` gives a DataFrame. See
         :mod:`svi_torch.posterior.summary`.
         """
-        from ..diagnostics import psis_khat
-        from ..posterior.arviz import log_joint_of_draws
-
         num_samples = self.num_draws(num_samples, 4000)
-        z, log_q = self.latents(num_samples, seed)
+        z, _ = self.latents(num_samples, seed)
         draws = constrained_draws(self.model, z)
-        value, reading = None, "not computed"
-        if khat and self.draws is not None:
-            # Resampled draws are equally weighted: the k-hat is that of the weights they
-            # were resampled with, which the method stored.
-            if self.diagnostics is not None:
-                value, reading = self.diagnostics.khat, self.diagnostics.reading
-        elif khat and num_samples >= 25:
+        value, reading, notes = None, "not computed", []
+        if khat or self.diagnostics is not None:
             try:
-                k = psis_khat(log_joint_of_draws(self.model, z) - log_q.double())
-                value, reading = k.value, k.reading
-            except ValueError as err:
+                diag = self.diagnose()
+                value, reading = diag.khat, diag.reading
+                notes.append(f"k-hat {diag.khat_text} from the fit's {diag.num_samples} draws")
+                if diag.doubtful:
+                    notes.append(diag.doubtful_text)
+            except (ValueError, TypeError, NotImplementedError) as err:
                 reading = " ".join(str(err).split())
-        elif khat:
-            reading = "too few draws (< 25)"
-        return summary_table(draws, num_samples, value, reading, seed)
+        if self.draws_source:
+            notes.append(f"draws: {self.draws_source}")
+        return summary_table(draws, num_samples, value, reading, seed, note="\n".join(notes))
 
     def posterior_summary(
         self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED
@@ -233,18 +244,27 @@ class FitResult:
         with seeded(seed, self.family, self.model):
             return estimate_elbo(self.model, self.family, num_samples)
 
-    def diagnose(self, num_samples: int = 2000, seed: int | None = DEFAULT_SEED) -> Diagnostics:
-        """PSIS k-hat with its reading, importance-weighted log p(D) ± se and ELBO ± se.
+    def diagnose(
+        self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED
+    ) -> Diagnostics:
+        """PSIS k-hat ± its error with its reading, the doubtful quantities, importance-weighted
+        log p(D) ± se and ELBO ± se of the family.
 
         See :func:`svi_torch.diagnostics.diagnose`; ``.as_dict()`` gives the
         ``diagnostics/khat`` and ``diagnostics/log_evidence_iw`` scalars to log. At the
-        default arguments the result is kept in :attr:`diagnostics` (and saved with the fit).
+        default arguments this is *the fit's* diagnosis: the one in :attr:`diagnostics`
+        (the automatic method's, or computed now from :data:`DIAGNOSTIC_DRAWS` draws and
+        kept), so that the summary, the printout, the logs and the ArviZ export all state
+        the same :math:`\\hat k`. Other arguments compute a new one and keep nothing.
         """
         from ..diagnostics import diagnose  # deferred: diagnostics imports the objectives
 
+        if num_samples is None and seed == DEFAULT_SEED and self.diagnostics is not None:
+            return self.diagnostics
+        count = DIAGNOSTIC_DRAWS if num_samples is None else num_samples
         with seeded(seed, self.family, self.model):
-            diag = diagnose(self.model, self.family, num_samples, None)
-        if num_samples == 2000 and seed == DEFAULT_SEED:
+            diag = diagnose(self.model, self.family, count, None)
+        if num_samples is None and seed == DEFAULT_SEED:
             self.diagnostics = diag
         return diag
 
