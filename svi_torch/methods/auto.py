@@ -108,6 +108,9 @@ __all__ = ["Auto"]
 KHAT_WARN = 0.7
 #: Stop-rule window of the natural-gradient stages (steps).
 NGVI_WINDOW = 100
+#: A stage that ends below its start's ELBO by at most this (nats of KL(q || p)) keeps its
+#: start: a real but negligible fall (minibatch noise at the answer), no reason to go on.
+SMALL_FALL = 0.1
 #: Step budget of the batch-and-match stage when ``steps`` is not given.
 BAM_STAGE_STEPS = 500
 
@@ -337,6 +340,18 @@ class _AutoRun:
         fell = start_elbo is not None and start_elbo[0] - final[0] > 3 * math.hypot(
             start_elbo[1], final[1]
         )
+        if fell and start_elbo is not None and start_elbo[0] - final[0] <= SMALL_FALL:
+            # A fall too small to matter (minibatch noise around a start that was already
+            # the answer): keep the start, the better q, rather than pay for another stage.
+            self.family.load_state_dict(start_state)
+            outcome = (
+                f"{result.steps} steps; {result.stop_reason}; its start kept (ELBO "
+                f"{start_elbo[0]:.6g} against the end's {final[0]:.6g}, within {SMALL_FALL} nats)"
+            )
+            self._record(label, "completed", outcome, evals, time.perf_counter() - began)
+            result.grad_evals = sum(d.grad_evals for d in self.decisions)
+            self._accepted = True
+            return result
         if fell:
             # Completed, but the ELBO fell below its start's: not a fit to keep as it is.
             assert start_elbo is not None
