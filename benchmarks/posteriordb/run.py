@@ -89,7 +89,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -101,6 +101,9 @@ import torch  # noqa: E402
 from benchmarks.posteriordb import posteriors as posteriordb  # noqa: E402
 from benchmarks.posteriordb.sites import init_to_unconstrained_uniform  # noqa: E402
 from benchmarks.posteriordb.spec import Posterior, Reference, load_reference  # noqa: E402
+
+if TYPE_CHECKING:
+    from pyro.infer.autoguide import AutoGuide
 
 MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
 SVI_METHODS = (
@@ -376,7 +379,7 @@ def fit_svi_torch(posterior: Posterior, method: str, draws: int, seed: int, quic
 
 def _pyro_fit(
     posterior: Posterior, data: dict[str, Any], guide_name: str, lr: float, steps: int, seed: int
-):
+) -> AutoGuide:
     import pyro
     from pyro.infer import SVI, Trace_ELBO
     from pyro.infer import autoguide as ag
@@ -470,7 +473,7 @@ def _fit_pyro_guide(
     draws: int,
     seed: int,
     steps: int,
-):
+) -> AutoGuide:
     """The fitted guide of a Pyro row (the best learning rate's for ``pyro-amvn-best``)."""
     guide_name = "normal" if method == "pyro-normal" else "amvn"
     if method == "pyro-amvn-best":
