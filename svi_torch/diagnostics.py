@@ -44,6 +44,7 @@ from torch import Tensor
 
 from .data import Batch
 from .families.base import VariationalFamily
+from .families.gaussian import GaussianFamily
 from .models.base import Model
 from .objectives.base import Objective
 from .reweighting import doubtful_quantities, effective_sample_size, quantity_checks
@@ -61,6 +62,7 @@ __all__ = [
     "gradient_variance",
     "diagnose",
     "diagnose_draws",
+    "khat_warning",
 ]
 
 GOOD_KHAT = 0.5
@@ -405,6 +407,26 @@ class Diagnostics:
             f"(importance-weighted); ELBO = {self.elbo:.4f} ± {self.elbo_se:.2g}"
         )
         return f"{text}; {self.doubtful_text}" if self.doubtful else text
+
+
+def khat_warning(diagnostics: Diagnostics, family: VariationalFamily) -> str:
+    """The warning for :math:`\\hat k > 0.7`: what is doubtful, and advice for the family fitted."""
+    if isinstance(family, GaussianFamily):
+        advice = (
+            "a more expressive family (st.families.NormalizingFlow), a non-centred "
+            "parameterisation of hierarchical scales, or MCMC"
+        )
+    else:
+        advice = (
+            f"the {type(family).__name__} fitted here does not hold this posterior either: a "
+            "non-centred parameterisation of hierarchical scales, or MCMC"
+        )
+    doubtful = f"; {diagnostics.doubtful_text}" if diagnostics.doubtful else ""
+    return (
+        f"PSIS k-hat of the fit is {diagnostics.khat_text} (> {OK_KHAT}): q is not a "
+        f"reliable approximation of this posterior{doubtful}. Importance weights cannot "
+        f"correct it; try {advice}"
+    )
 
 
 def diagnose_draws(model: Model, z: Tensor, log_weights: Tensor) -> Diagnostics:

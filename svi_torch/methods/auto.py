@@ -68,7 +68,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..diagnostics import GOOD_KHAT, Diagnostics, diagnose_draws, importance_draws, psis_smooth
+from ..diagnostics import (
+    GOOD_KHAT,
+    Diagnostics,
+    diagnose_draws,
+    importance_draws,
+    khat_warning,
+    psis_smooth,
+)
 from ..families.base import VariationalFamily
 from ..families.gaussian import (
     FullRankGaussian,
@@ -553,7 +560,7 @@ class _AutoRun:
 
     def _warn(self, diagnostics: Diagnostics, family: VariationalFamily) -> None:
         if self.auto.warn and diagnostics.khat > KHAT_WARN:
-            warnings.warn(_khat_warning(diagnostics, family), RuntimeWarning, stacklevel=4)
+            warnings.warn(khat_warning(diagnostics, family), RuntimeWarning, stacklevel=4)
 
     def _reparameterized_fit(self, result: FitResult) -> FitResult | None:
         """Fit the model's reparameterised form; the result if it wins, else None."""
@@ -708,26 +715,6 @@ def _family_like(family: VariationalFamily, dim: int) -> VariationalFamily | Non
     if type(family) is LowRankGaussian:
         return LowRankGaussian(dim, rank=min(family.rank, dim))
     return None
-
-
-def _khat_warning(diagnostics: Diagnostics, family: VariationalFamily) -> str:
-    """The warning for :math:`\\hat k > 0.7`: what is doubtful, and advice for this family."""
-    if isinstance(family, GaussianFamily):
-        advice = (
-            "a more expressive family (st.families.NormalizingFlow), a non-centred "
-            "parameterisation of hierarchical scales, or MCMC"
-        )
-    else:
-        advice = (
-            f"the {type(family).__name__} fitted here does not hold this posterior either: a "
-            "non-centred parameterisation of hierarchical scales, or MCMC"
-        )
-    doubtful = f"; {diagnostics.doubtful_text}" if diagnostics.doubtful else ""
-    return (
-        f"PSIS k-hat of the fit is {diagnostics.khat_text} (> {KHAT_WARN}): q is not a "
-        f"reliable approximation of this posterior{doubtful}. Importance weights cannot "
-        f"correct it; try {advice}"
-    )
 
 
 def _covariance(precision: torch.Tensor) -> torch.Tensor:

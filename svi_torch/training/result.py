@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,10 +255,11 @@ class FitResult:
         ``diagnostics/khat`` and ``diagnostics/log_evidence_iw`` scalars to log. At the
         default arguments this is *the fit's* diagnosis: the one in :attr:`diagnostics`
         (the automatic method's, or computed now from :data:`DIAGNOSTIC_DRAWS` draws and
-        kept), so that the summary, the printout, the logs and the ArviZ export all state
-        the same :math:`\\hat k`. Other arguments compute a new one and keep nothing.
+        kept, with a ``RuntimeWarning`` when it reads "bad"), so that the summary, the
+        printout, the logs and the ArviZ export all state the same :math:`\\hat k`. Other
+        arguments compute a new one and keep nothing.
         """
-        from ..diagnostics import diagnose  # deferred: diagnostics imports the objectives
+        from ..diagnostics import OK_KHAT, diagnose, khat_warning  # deferred: imports objectives
 
         if num_samples is None and seed == DEFAULT_SEED and self.diagnostics is not None:
             return self.diagnostics
@@ -266,6 +268,8 @@ class FitResult:
             diag = diagnose(self.model, self.family, count, None)
         if num_samples is None and seed == DEFAULT_SEED:
             self.diagnostics = diag
+            if diag.khat > OK_KHAT:
+                warnings.warn(khat_warning(diag, self.family), RuntimeWarning, stacklevel=2)
         return diag
 
     # -- what comes after the fit ---------------------------------------------------------
