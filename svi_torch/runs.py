@@ -41,7 +41,6 @@ import yaml
 from .build import Built, build, train_settings
 from .config import Config, ConfigError, config_to_dict
 from .posterior.arviz import write_run_posterior
-from .posterior.draws import DEFAULT_SEED
 from .training.checkpoint import CheckpointError
 from .training.distributed import current_context
 from .training.logging import TensorBoardLogger
@@ -351,12 +350,12 @@ def final_metrics(
                 exact_variance_min=exact_var.min().item(),
                 exact_variance_max=exact_var.max().item(),
             )
-        metrics.update(_diagnostics(result, elbo_samples))
+        metrics.update(_diagnostics(result))
         metrics["posterior"] = result.posterior_summary(min(elbo_samples, 4000))
     return {k: _plain(v) for k, v in metrics.items()}
 
 
-def _diagnostics(result: FitResult, num_samples: int) -> dict[str, Any]:
+def _diagnostics(result: FitResult) -> dict[str, Any]:
     """PSIS k-hat and the importance-weighted log p(D) (``diagnostics/...`` keys).
 
     Families conditioned on a context (amortized) have no single q(z) to weight against
@@ -367,7 +366,7 @@ def _diagnostics(result: FitResult, num_samples: int) -> dict[str, Any]:
     # and the ArviZ export state the same k-hat.
     try:
         if result.diagnostics is None:
-            result.diagnostics = result.diagnose(num_samples=num_samples, seed=DEFAULT_SEED)
+            result.diagnose()  # the fit's diagnosis at its defaults, kept on the result
         diag = result.diagnostics
     except (ValueError, TypeError, NotImplementedError) as err:
         return {"diagnostics/unavailable": " ".join(str(err).split())}

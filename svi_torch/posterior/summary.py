@@ -43,7 +43,7 @@ class SummaryTable:
         khat: PSIS :math:`\\hat k` of the fit (``None`` when it could not be computed).
         khat_reading: ``"good"``, ``"ok"``, ``"bad"`` or why there is no :math:`\\hat k`.
         seed: seed of the draws (``None``: the global RNG).
-        note: more to say under the table (the k-hat's error, doubtful quantities, how
+        note: more to say in the footer (the k-hat's error, doubtful quantities, how
             fixed draws were made), ``""`` for nothing.
     """
 
@@ -100,7 +100,7 @@ class SummaryTable:
         reading = f" ({self.khat_reading})" if self.khat_reading else ""
         seed = "global RNG" if self.seed is None else f"seed {self.seed}"
         footer = f"{self.num_samples} draws from q ({seed}); PSIS k-hat = {khat}{reading}"
-        return f"{footer}\n{self.note}" if self.note else footer
+        return f"{footer}; {self.note}" if self.note else footer
 
 
 def format_table(

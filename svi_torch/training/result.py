@@ -228,7 +228,7 @@ class FitResult:
                 reading = " ".join(str(err).split())
         if self.draws_source:
             notes.append(f"draws: {self.draws_source}")
-        return summary_table(draws, num_samples, value, reading, seed, note="\n".join(notes))
+        return summary_table(draws, num_samples, value, reading, seed, note="; ".join(notes))
 
     def posterior_summary(
         self, num_samples: int | None = None, seed: int | None = DEFAULT_SEED
