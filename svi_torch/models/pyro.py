@@ -757,7 +757,7 @@ class PyroModel(Model):
         num = next(iter(values.values())).shape[0]
         per_pass = _PASS_ELEMENTS // max(
             sum(math.prod(s) for s in shapes.values())
-            + (self._sites.observed_numel if self.data_plate is None else 0),
+            + (0 if self._subsampled else self._sites.observed_numel),
             1,
         )
         parts = [
