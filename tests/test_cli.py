@@ -267,10 +267,9 @@ def test_list_prints_each_methods_options_with_their_defaults(capsys) -> None:
     out = capsys.readouterr().out
     methods = out.split("methods:\n")[1].split("studies:")[0]
     assert "module docstring" not in methods
-    flat = " ".join(methods.split())  # options wrap over lines
+    flat = " " + " ".join(methods.split())  # options wrap over lines
     for name, cls in METHODS.items():
-        block = flat.split(f" {name} ", 1)[1] if f" {name} " in flat else flat
-        options = block.split("options: ", 1)[1]
+        options = flat.split(f" {name} ", 1)[1].split("options: ", 1)[1].split(" options: ")[0]
         for option in inspect.signature(cls).parameters:
             assert f"{option}=" in options, (name, option)
     assert "lr=0.01" in flat and "optimizer='adam'" in flat and "optimizer_kwargs={}" in flat
