@@ -22,8 +22,10 @@ import math
 import os
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from .cli_after_fit import COMMANDS as AFTER_FIT_COMMANDS
 from .cli_after_fit import add_commands as add_after_fit_commands
@@ -159,6 +161,26 @@ KHAT_MEANING = {
 }
 
 
+def gap_note(gap: float, stderr: float) -> str:
+    """Why a gap log p(D) - ELBO < 0 is printed, when it is; "" for a non-negative gap.
+
+    The ELBO is a lower bound, so the true gap (KL(q||p)) is >= 0; its estimate from S
+    draws carries Monte Carlo error and can fall below zero when q is close to p.
+    """
+    if gap >= 0:
+        return ""
+    if gap >= -3 * stderr:
+        return (
+            "  (a negative gap is the Monte Carlo error of the ELBO estimate, within 3 s.e.; "
+            "the true gap KL(q||p) is >= 0)"
+        )
+    return (
+        f"  (the gap is {-gap / stderr:.1f} s.e. below 0, more than the ELBO estimate's Monte "
+        "Carlo error explains: the ELBO is a lower bound, so log p(D) or the model's log "
+        "density is off)"
+    )
+
+
 def report_lines(metrics: dict, run_dir: Path, seconds: float) -> list[str]:
     """The printout of a finished run: result, diagnostics, parameters and files."""
     m = metrics
@@ -175,6 +197,10 @@ def report_lines(metrics: dict, run_dir: Path, seconds: float) -> list[str]:
             f"   gap log p(D) - ELBO: {gap:.3f} ± {m['elbo_se']:.3f}"
         )
     lines.append(line)
+    if "log_evidence" in m:
+        note = gap_note(m["log_evidence"] - m["elbo"], m["elbo_se"])
+        if note:
+            lines.append(note)
     if "kl_posterior" in m:
         lines.append(
             f"KL(q || exact posterior): {m['kl_posterior']:.4g} nats ({m['kl_posterior_method']})"
@@ -219,9 +245,7 @@ def _list(args: argparse.Namespace) -> int:
     from .registry import FAMILIES, MODELS, OBJECTIVES, STUDIES
 
     method_from_config("auto", {})  # loads the built-in methods
-    methods = [
-        (name, (cls.__doc__ or "").strip().splitlines()[0]) for name, cls in sorted(METHODS.items())
-    ]
+    methods = [(name, _method_description(cls)) for name, cls in sorted(METHODS.items())]
     for title, entries in (
         ("families", [(e.name, e.description) for e in FAMILIES.entries()]),
         ("models", [(e.name, e.description) for e in MODELS.entries()]),
@@ -232,10 +256,50 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         width = max((len(name) for name, _ in entries), default=0)
         for name, description in entries:
-            print(f"  {name:<{width}}  {description}")
+            first, *more = description.split("\n")
+            print(f"  {name:<{width}}  {first}")
+            indent = " " * (width + 4)
+            for line in more:  # a method's options, under its description
+                print(
+                    textwrap.fill(line, 96, initial_indent=indent, subsequent_indent=indent + "  ")
+                )
         if not entries:
             print("  (none)")
     return 0
+
+
+def _method_description(cls: type) -> str:
+    """A method's first docstring line, then ``options: name=default, ...`` (its config
+    options, the README's ``method: {name: ..., options: {...}}``)."""
+    import inspect
+    import re
+
+    first = ((cls.__doc__ or "").strip().splitlines() or [""])[0]
+    # A pointer into the source ("(module docstring)") means nothing on a terminal.
+    first = re.sub(r"\s*\((see )?(the )?module docstring\)", "", first)
+    options = []
+    for name, parameter in inspect.signature(cls).parameters.items():
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = parameter.default
+        if default is parameter.empty:
+            options.append(name)
+            continue
+        factory = _default_factory(cls, name)
+        options.append(f"{name}={factory() if factory else default!r}")
+    return first + (f"\noptions: {', '.join(options)}" if options else "")
+
+
+def _default_factory(cls: type, name: str) -> Any:
+    """The ``default_factory`` of a dataclass field (``inspect`` shows ``<factory>``)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(cls):
+        return None
+    for field in dataclasses.fields(cls):
+        if field.name == name and field.default_factory is not dataclasses.MISSING:
+            return field.default_factory
+    return None
 
 
 # -- study ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -49,12 +49,16 @@ class KLEstimate:
     """A KL divergence with its Monte Carlo standard error.
 
     Attributes:
-        value: the estimate (a tensor of the distributions' batch shape).
+        value: the estimate, detached, for reading (a tensor of the distributions' batch
+            shape; ``float(estimate)`` for a scalar).
         stderr: :math:`\\hat\\sigma/\\sqrt{S}` for Monte Carlo, exactly zero when analytic.
         method: ``"analytic"`` or ``"mc"``.
         direction: ``"reverse"`` for :math:`\\mathrm{KL}(q\\|p)`, ``"forward"`` for
             :math:`\\mathrm{KL}(p\\|q)`.
         num_samples: draws used (0 when analytic).
+        differentiable: the analytic value with its autograd graph, to minimise a KL by
+            gradients (e.g. ``kl(family(), p).differentiable.backward()``); ``None`` for
+            Monte Carlo, whose draws are taken without gradients.
     """
 
     value: Tensor
@@ -62,15 +66,24 @@ class KLEstimate:
     method: str
     direction: str
     num_samples: int = 0
+    differentiable: Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A value printed or stored should not carry (and keep alive) a graph.
+        object.__setattr__(self, "value", torch.as_tensor(self.value).detach())
+        object.__setattr__(self, "stderr", torch.as_tensor(self.stderr).detach())
 
     def __float__(self) -> float:
-        return float(torch.as_tensor(self.value).detach())
+        return float(self.value)
 
     def __str__(self) -> str:
         formula = "KL(q||p)" if self.direction == "reverse" else "KL(p||q)"
         if self.method == "analytic":
-            return f"{formula} = {float(torch.as_tensor(self.value).detach()):.6g} (analytic)"
-        return f"{formula} = {float(torch.as_tensor(self.value).detach()):.6g} ± {float(torch.as_tensor(self.stderr).detach()):.2g} (MC, S={self.num_samples})"
+            return f"{formula} = {float(self.value):.6g} (analytic)"
+        return (
+            f"{formula} = {float(self.value):.6g} ± {float(self.stderr):.2g} "
+            f"(MC, S={self.num_samples})"
+        )
 
 
 def kl(
@@ -138,7 +151,8 @@ def kl(
                     f"{type(b).__name__}); use method='mc' or method='auto'"
                 ) from None
         else:
-            return KLEstimate(value, torch.zeros_like(value), "analytic", direction)
+            zero = torch.zeros_like(value.detach())
+            return KLEstimate(value, zero, "analytic", direction, differentiable=value)
     return _monte_carlo_kl(a, b, direction, num_samples, seed)
 
 

@@ -62,7 +62,9 @@ def fit(
             ``st.methods.SGD(optimizer="adam", lr=3e-2)``.
         steps: optimisation steps (default 5000 unless ``epochs`` is given).
         epochs: passes over the data, an alternative to ``steps``.
-        batch_size: :math:`B` (default all data up to 256 points, else 128).
+        batch_size: :math:`B` (default all data up to 256 points, else 128; all data for
+            a model that reads them all on every call, ``model.supports_minibatches``
+            False).
         convergence: ``True`` (the stop rule), ``False``, a ``ConvergenceMonitor``, or
             ``None`` (default: the method decides; the automatic method uses the stop rule).
         seed: seeds particles, data order and the MAP search's restarts; same seed, same

@@ -256,6 +256,26 @@ def test_list_prints_one_line_per_registered_name(capsys) -> None:
     assert "scalability" in STUDIES
 
 
+def test_list_prints_each_methods_options_with_their_defaults(capsys) -> None:
+    """The README: method options are those of st.methods.Auto, NGVI and SGD, and
+    `svi-torch list` prints them; no pointer into the source ("(module docstring)")."""
+    import inspect
+
+    from svi_torch.methods import METHODS
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    methods = out.split("methods:\n")[1].split("studies:")[0]
+    assert "module docstring" not in methods
+    flat = " " + " ".join(methods.split())  # options wrap over lines
+    for name, cls in METHODS.items():
+        options = flat.split(f" {name} ", 1)[1].split("options: ", 1)[1].split(" options: ")[0]
+        for option in inspect.signature(cls).parameters:
+            assert f"{option}=" in options, (name, option)
+    assert "lr=0.01" in flat and "optimizer='adam'" in flat and "optimizer_kwargs={}" in flat
+    assert max(len(line) for line in methods.splitlines()) <= 100
+
+
 USER_MODULE = '''
 import torch
 from torch.distributions import Normal

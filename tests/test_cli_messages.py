@@ -14,7 +14,7 @@ import torch
 import yaml
 from cli_helpers import stopped_at
 
-from svi_torch.cli import MAX_PRINTED_PARAMETERS, main
+from svi_torch.cli import MAX_PRINTED_PARAMETERS, gap_note, main
 from svi_torch.training import load_checkpoint
 
 ROOT = Path(__file__).parents[1]
@@ -175,6 +175,15 @@ def test_printout_gives_the_elbo_gap_and_k_hat_with_its_reading(wide_run) -> Non
     assert khat.startswith(
         f"PSIS k-hat: {m['diagnostics/khat']:.3f} ({m['diagnostics/khat_reading']}: "
     )
+
+
+def test_a_negative_gap_is_explained_in_one_line() -> None:
+    """`make demo` printed `gap log p(D) - ELBO: -0.020 ± 0.051` with no word on why."""
+    assert gap_note(0.3, 0.05) == ""
+    note = gap_note(-0.020, 0.051)
+    assert "\n" not in note and "Monte Carlo error of the ELBO estimate" in note
+    assert "true gap KL(q||p) is >= 0" in note
+    assert "more than the ELBO estimate's Monte Carlo error explains" in gap_note(-1.0, 0.05)
 
 
 def test_printout_lists_every_file_of_the_run(wide_run) -> None:

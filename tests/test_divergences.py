@@ -150,3 +150,16 @@ def test_bad_inputs_raise_clear_errors():
         kl_normal(0.0, -1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="positive definite"):
         kl_mvn(torch.zeros(2), -torch.eye(2), torch.zeros(2), torch.eye(2))
+
+
+def test_the_value_is_detached_for_reading_and_the_graph_kept_under_differentiable():
+    """`kl(...).value` printed `tensor(0.0012, grad_fn=...)`; it now prints a plain number,
+    and the analytic KL's gradient is still there for a user who minimises it."""
+    loc = torch.tensor(0.3, requires_grad=True)
+    est = kl(Normal(loc, 1.0), Normal(0.0, 1.0))
+    assert not est.value.requires_grad and "grad_fn" not in repr(est.value)
+    assert float(est) == pytest.approx(0.045, abs=1e-6)  # loc^2 / 2
+    est.differentiable.backward()
+    assert loc.grad.item() == pytest.approx(0.3)  # d/dloc loc^2/2
+    mc = kl(Normal(loc, 1.0), Normal(0.0, 1.0), method="mc", num_samples=100, seed=0)
+    assert not mc.value.requires_grad and mc.differentiable is None

@@ -130,9 +130,9 @@ def test_exact_posterior_marginals_use_closed_forms_for_real_parameters() -> Non
 
 
 def test_ppc_figure_of_a_pyro_model_takes_the_observed_data() -> None:
-    """A Pyro model's data are its sites' ``obs``, not arrays on the model: the check needs
-    them passed, and names the fix when they are not. The p-value is the share of
-    replicated means at or above the observed one, as in the test below."""
+    """A Pyro model's data are its sites' ``obs``, not arrays on the model: the check reads
+    them from the model (or takes them passed). The p-value is the share of replicated
+    means at or above the observed one, as in the test below."""
     import pyro
     import pyro.distributions as dist
 
@@ -142,18 +142,19 @@ def test_ppc_figure_of_a_pyro_model_takes_the_observed_data() -> None:
 
     def normal_mean(y):
         mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=y.dtype), 10.0))
-        with pyro.plate("data", len(y)):
-            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        with pyro.plate("data", len(y)) as idx:
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y[idx])
 
-    model = PyroModel(normal_mean, y, data_plate="data")
+    model = PyroModel(normal_mean, y)
     family = st.families.MeanFieldGaussian(1).double()
     with torch.no_grad():
         family.loc.fill_(float(y.mean()))
     result = FitResult(family=family, model=model)
-    with pytest.raises(ValueError, match="observed="):
-        result.ppc_figure(num_samples=50)
-    fig = result.ppc_figure(num_samples=200, observed={"y": y})
+    assert torch.equal(model.observed_values()["y"], y)
+    given = result.ppc_figure(num_samples=200, observed={"y": y})
+    fig = result.ppc_figure(num_samples=200)
     titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [ax.get_title() for ax in given.axes]
     assert titles[0] == "y: empirical CDFs"
     p = float(titles[1].rsplit("= ", 1)[1])
     replicated = result.predictive(200)["y"].double().mean(-1)

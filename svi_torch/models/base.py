@@ -99,6 +99,10 @@ class Model(nn.Module):
         ...         return (x * p.log() + (1 - x) * (-p).log1p()).sum(-1)
     """
 
+    #: Whether a batch costs :math:`O(B)`. A model that reads all its data on every call
+    #: sets it False; ``fit`` then trains on full batches by default.
+    supports_minibatches: bool = True
+
     def __init__(self) -> None:
         super().__init__()
         self._param_specs: dict[str, ParamSpec] = {}
@@ -396,6 +400,24 @@ class Model(nn.Module):
             f"{type(self).__name__} does not implement pointwise_log_likelihood(params, batch), "
             "so it has no per-point log likelihood (needed for LOO/WAIC)"
         )
+
+    def observed_values(self) -> dict[str, Tensor]:
+        """The observed arrays, keyed like :meth:`simulate`'s draws (for checks and export).
+
+        The default is the model's data arrays; a model whose observations are not among
+        them (a Pyro model's ``obs=``) gives its own.
+        """
+        return dict(self.data)
+
+    @property
+    def data_summary(self) -> str:
+        """The data in a few words, for printouts: ``num_data=N`` and what they are."""
+        return f"num_data={self.num_data}"
+
+    @property
+    def no_data_reason(self) -> str:
+        """Why the model has no data points, with the fix where there is one (for errors)."""
+        return "a density-only target"
 
     def extra_repr(self) -> str:
         specs = ", ".join(

@@ -18,8 +18,14 @@ where :math:`c_s` is the scale Pyro attaches to a site (e.g. :math:`N/B` inside 
 subsampled plate, or a user's ``poutine.scale``), :math:`m_s` its ``poutine.mask``;
 ``pyro.factor`` terms count as observed sites, ``pyro.deterministic`` sites add nothing.
 
-**Minibatches.** Name the plate over the data points with ``data_plate=``. The bridge then
-supplies that plate's subsample indices itself, from the batch that :func:`~svi_torch.fit`
+**The data plate.** The plate over the data points is found from the sites: the plate the
+observed sites (and ``pyro.factor`` terms) lie in, holding no latent site and not subsampled
+by the model itself, the outermost where plates nest; found when exactly one such plate
+holds them (:func:`~svi_torch.models.pyro_sites.find_data_plate`). Its size is
+:math:`N`, ``num_data``. ``data_plate="name"`` names it instead, ``data_plate=None`` turns
+discovery off (the model is then a density-only target, evaluated whole every step).
+
+**Minibatches.** With a data plate the bridge supplies that plate's subsample indices itself, from the batch that :func:`~svi_torch.fit`
 draws (an :math:`O(B)` slice of a per-epoch permutation), instead of letting Pyro draw a
 ``randperm(N)`` every step. Inside the plate Pyro scales every site by :math:`N/B`; the
 bridge rescales those sites to ``likelihood_scale`` (which the trainer sets to
@@ -28,6 +34,13 @@ index its data with the plate's indices, the usual Pyro idiom::
 
     with pyro.plate("data", len(x)) as idx:
         pyro.sample("obs", dist.Normal(loc, 1.0), obs=x[idx])
+
+A model that computes over all :math:`N` points outside the plate and uses them unindexed
+inside it (``logits = X @ beta`` then ``obs=y``) cannot run on a subsample. Construction
+runs the model once on a subsample of the plate; if that fails, the model is evaluated on
+the full data every step (``supports_minibatches`` is False, ``fit`` takes full batches),
+with one warning saying why and how to index the data. Slicing such a model's arrays for it
+would save nothing: ``X @ beta`` over all rows is the cost minibatches avoid.
 
 **Full-data passes.** :meth:`PyroModel.full_log_joint` (the MAP and Laplace starts, the
 final ELBO, diagnostics) evaluates the data plate in chunks of indices
@@ -55,6 +68,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from enum import Enum
 from typing import Any
 
 import pyro
@@ -84,6 +98,7 @@ from .pyro_sites import (
     ObservedSite,
     PyroModelError,
     discover_sites,
+    find_data_plate,
     map_tensors,
     message,
     tensor_device,
@@ -91,13 +106,26 @@ from .pyro_sites import (
     with_fallback,
 )
 
-__all__ = ["PyroModel", "PyroModelError"]
+__all__ = ["PyroModel", "PyroModelError", "FIND_DATA_PLATE"]
 
 # Site kinds, as indices into the (latent, observed in the data plate, other observed) sums.
 _LATENT, _IN_PLATE, _OTHER, _DERIVED, _SKIP = range(5)
 _TERMS = ("latent", "in_plate", "other")
 # Elements of one full-data run, as in Model.full_data_chunk_rows.
 _PASS_ELEMENTS = 1 << 22
+
+
+class _Find(Enum):
+    """``data_plate``'s default, distinct from ``None`` (which turns discovery off)."""
+
+    DATA_PLATE = "find"
+
+    def __repr__(self) -> str:
+        return "FIND_DATA_PLATE"
+
+
+#: ``PyroModel(data_plate=FIND_DATA_PLATE)``, the default: find the data plate from the sites.
+FIND_DATA_PLATE = _Find.DATA_PLATE
 
 
 class _Slot:
@@ -117,7 +145,9 @@ class PyroModel(Model):
             called as ``model_fn(*args, **kwargs)``.
         *args: positional arguments of ``model_fn`` (typically the data).
         data_plate: name of the ``pyro.plate`` over data points to subsample from the
-            trainer's minibatches; ``None`` evaluates the whole model every step (no
+            trainer's minibatches. Default :data:`FIND_DATA_PLATE`: the plate the observed
+            sites lie in, where there is exactly one (see the module docstring);
+            ``None`` turns that off and evaluates the whole model every step (no
             minibatching by the trainer; a plate with ``subsample_size`` is then
             subsampled by Pyro itself).
         observed: names of sites that must be observed; one whose ``obs`` is ``None``
@@ -137,6 +167,12 @@ class PyroModel(Model):
         **kwargs: keyword arguments of ``model_fn``.
 
     Attributes:
+        data_plate: the data plate's name (given or found), or ``None``.
+        data_plate_found: whether the bridge found it (``data_plate`` was not given).
+        data_plate_note: what discovery found, or why it found no data plate.
+        supports_minibatches: False when the model cannot run on a subsample of its data
+            plate (it computes over all points outside the plate): every evaluation then
+            uses the full data.
         particle_path: ``"plate"``, ``"vmap"`` or ``"loop"``: how particles are evaluated.
         vectorize_particles: whether that path is vectorised (not ``"loop"``).
         derived_shapes: the ``pyro.deterministic`` sites outside the data plate that
@@ -157,16 +193,16 @@ class PyroModel(Model):
         ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
         ...     with pyro.plate("data", len(x)) as idx:
         ...         pyro.sample("obs", dist.Normal(mu, 2.0), obs=x[idx])
-        >>> model = PyroModel(normal_mean, torch.randn(1000), data_plate="data")
-        >>> model.dim, model.num_data, model.particle_path
-        (1, 1000, 'plate')
+        >>> model = PyroModel(normal_mean, torch.randn(1000))
+        >>> model.data_plate, model.dim, model.num_data, model.particle_path
+        ('data', 1, 1000, 'plate')
     """
 
     def __init__(
         self,
         model_fn: Callable[..., Any],
         *args: Any,
-        data_plate: str | None = None,
+        data_plate: str | None | _Find = FIND_DATA_PLATE,
         observed: Sequence[str] = (),
         vectorize_particles: bool | str | None = None,
         init_loc_fn: Callable[..., Any] | None = None,
@@ -191,23 +227,34 @@ class PyroModel(Model):
                 "init_loc_fn must be a Pyro init strategy (e.g. init_to_median), got "
                 f"{type(init_loc_fn).__name__}"
             )
+        if not (data_plate is None or data_plate is FIND_DATA_PLATE or isinstance(data_plate, str)):
+            raise TypeError(
+                "data_plate must be the name of the plate over the data points, None (no data "
+                f"plate) or left out (found from the sites), got {data_plate!r}"
+            )
         self.model_fn = model_fn
-        self.data_plate = data_plate
         # What rebuilds this model on another parameterisation (reparameterized()).
         self._options = {"observed": tuple(observed), "vectorize_particles": vectorize_particles}
+        self.data_plate: str | None = data_plate if isinstance(data_plate, str) else None
+        self.data_plate_found = False
+        self.data_plate_note = "given" if self.data_plate else "data_plate=None"
+        self._find_plate = data_plate is FIND_DATA_PLATE
         self.model_name = getattr(model_fn, "__qualname__", None) or type(model_fn).__name__
         self._keep_arguments(args, kwargs, dtype)
         sites = self._discover(seed, tuple(observed))
         self._sites = sites
         self._latent = sites.latent
         self._kinds = self._site_kinds(sites)
-        self.derived_shapes = {d.name: d.shape for d in sites.derived if data_plate not in d.plates}
+        self.derived_shapes = {
+            d.name: d.shape for d in sites.derived if self.data_plate not in d.plates
+        }
         self.observed_shapes = {o.name: o.shape for o in sites.observed if not o.is_factor}
-        self._replay = Replay(data_plate)
+        self._replay = Replay(self.data_plate)
         self._runner = ParticleRunner(
             self._call, self._replay, self._latent, sites.max_plate_nesting, self.model_name
         )
         self.particle_path = "loop"  # until the check below picks one
+        self.supports_minibatches = self._check_subsample()
         self.particle_path = self._choose_path(vectorize_particles)
         self._init_point(init_loc_fn, seed)
 
@@ -303,6 +350,9 @@ class PyroModel(Model):
         sites, trace = discover_sites(
             self.model_fn, args, kwargs, self.dtype, self.device, seed, self.model_name
         )
+        if self._find_plate:
+            self.data_plate, self.data_plate_note = find_data_plate(sites)
+            self.data_plate_found = self.data_plate is not None
         for name, site in trace.nodes.items():
             if site["type"] == "param":
                 raise PyroModelError(
@@ -378,7 +428,54 @@ class PyroModel(Model):
             self.register_buffer(
                 "_plate_index", torch.arange(self.num_data, device=self.device), persistent=False
             )
+        self._keep_observed(sites, trace)
         return sites
+
+    def _keep_observed(self, sites: ModelSites, trace: Any) -> None:
+        """Keep the observed sample sites' ``obs`` (buffers): what the predictive checks
+        compare replicated data with."""
+        names = []
+        for site in sites.observed:
+            value = trace.nodes[site.name]["value"]
+            if site.is_factor or not isinstance(value, Tensor):
+                continue
+            buffer = f"_obs{len(names)}"
+            self.register_buffer(buffer, value.detach(), persistent=False)
+            names.append((site.name, buffer))
+        self._observed_buffers = tuple(names)
+
+    def _check_subsample(self) -> bool:
+        """Whether the model runs on a subsample of its data plate; warns once if not.
+
+        Discovery ran on the full data, so a failure on the same point with fewer indices
+        comes from subsampling: the model computes over all points outside the plate.
+        """
+        num = self.num_data
+        if self.data_plate is None or num < 3:
+            return True  # with 2 points a batch of 1 would broadcast silently: not a check
+        indices = self._plate_index[: min(num - 1, 64)]
+        z = torch.zeros(1, self.dim, dtype=self.dtype, device=self.device)
+        self._runner.seed = 0
+        try:
+            with torch.no_grad():
+                self._terms(self.constrain(z)[0], indices, "loop")
+        except Exception as err:  # the model's error, or a log-density of the wrong shape
+            cause = err.__cause__ if isinstance(err, PyroModelError) else None
+            why = _first_line(cause or err)
+        else:
+            return True
+        finally:
+            self._runner.seed = None
+        plate = self.data_plate
+        warnings.warn(
+            f"the Pyro model {self.model_name!r} does not run on a subsample of its data "
+            f"plate {plate!r} ({why}), so every step evaluates all {num} points, without "
+            "minibatches: it uses arrays over all points inside the plate (X @ beta computed "
+            "outside it, or obs=y not indexed). To minibatch, index the data by the plate's "
+            f"indices: with pyro.plate({plate!r}, {num}) as idx: ... X[idx] ... obs=y[idx]",
+            stacklevel=3,
+        )
+        return False
 
     def _site_kinds(self, sites: ModelSites) -> dict[str, int]:
         kinds = {s.name: _LATENT for s in sites.latent}
@@ -515,6 +612,16 @@ class PyroModel(Model):
             return terms
         return {k: v.reshape(sample_shape) for k, v in terms.items()}
 
+    @property
+    def _subsampled(self) -> bool:
+        """Whether runs take subsample indices of the data plate (else the plate runs whole)."""
+        return self.data_plate is not None and self.supports_minibatches
+
+    def _one_point(self) -> Tensor | None:
+        """Indices of a run whose data-plate sites are not needed (the prior, derived sites):
+        one point, or the whole plate for a model that cannot subsample."""
+        return self._plate_index[:1] if self._subsampled else None
+
     def _chunks(self, rows: int) -> Iterator[Tensor]:
         index = self._plate_index
         for start in range(0, self.num_data, rows):
@@ -524,7 +631,8 @@ class PyroModel(Model):
         """Unscaled full-data terms: the data plate in chunks, everything else counted once."""
         values, sample_shape = self._flat_values(params)
         num = next(iter(values.values())).shape[0]
-        if self.data_plate is None:
+        if not self._subsampled:
+            # One run over everything; the data plate, if any, runs whole (scale 1).
             parts = [
                 self._evaluate(part, None, self._collect_terms, "evaluating its log joint")
                 for part in _split(values, self._particles_per_pass(num))
@@ -552,7 +660,7 @@ class PyroModel(Model):
         if self.data_plate is None:
             if batch:
                 raise ValueError(
-                    f"{type(self).__name__} was built without data_plate, so it takes no "
+                    f"{type(self).__name__} has no data plate ({self.data_plate_note}), so it takes no "
                     "minibatches; pass batch=None"
                 )
             return None
@@ -574,7 +682,10 @@ class PyroModel(Model):
     def index_data(self, indices: Tensor) -> Batch:
         """The minibatch ``indices`` of the data plate, as Pyro subsample indices."""
         if self.data_plate is None:
-            raise ValueError(f"{type(self).__name__} without data_plate has no data to index")
+            raise ValueError(
+                f"{type(self).__name__} has no data plate ({self.data_plate_note}), so it has no "
+                "data to index; pass data_plate='<name of the plate over the data points>'"
+            )
         if indices.dim() == 1 and indices.dtype in (torch.int64, torch.int32):
             return {"subsample": self._plate_index.index_select(0, indices)}
         return {"subsample": self._plate_index[indices]}
@@ -590,10 +701,13 @@ class PyroModel(Model):
         full data, evaluated in chunks of the data plate (see :meth:`full_log_joint`).
         """
         params, log_det = self.constrain(z)
-        if batch is None or self.data_plate is None:
-            self._indices(batch)  # no data plate: a batch is an error
+        if batch is None or not self._subsampled:
+            indices = self._indices(batch)  # no data plate: a batch is an error
             terms = self._full_terms(params)
-            factor = 1.0 if likelihood_scale is None else likelihood_scale
+            # The full data stand in for a batch of B points: its expected share B/N of
+            # them, then the caller's N/B, so the estimate is exact.
+            share = 1.0 if batch is None or indices is None else indices.shape[0] / self.num_data
+            factor = 1.0 if likelihood_scale is None else likelihood_scale * share
         else:
             indices = self._indices(batch)
             assert indices is not None
@@ -625,15 +739,18 @@ class PyroModel(Model):
 
     def log_prior(self, params: Mapping[str, Tensor]) -> Tensor:
         """Sum of the latent sites' log-densities."""
-        indices = self._plate_index[:1] if self.data_plate is not None else None
-        return self._terms(params, indices)["latent"]
+        return self._terms(params, self._one_point())["latent"]
 
     def log_likelihood(self, params: Mapping[str, Tensor], batch: Batch) -> Tensor:
         """Unscaled :math:`\\sum_{i \\in \\text{batch}}` of the data plate's observed sites,
         plus the observed sites outside it."""
-        if self.data_plate is None:
-            self._indices(batch)
-            return self._full_terms(params)["other"]
+        if not self._subsampled:
+            indices = self._indices(batch)
+            terms = self._full_terms(params)
+            if indices is None:
+                return terms["other"]
+            # A model that cannot subsample: the batch's expected share B/N of the full data.
+            return terms["other"] + terms["in_plate"] * (indices.shape[0] / self.num_data)
         indices = self._indices(batch)
         assert indices is not None
         terms = self._terms(params, indices)
@@ -651,7 +768,7 @@ class PyroModel(Model):
             return {}
         values, sample_shape = self._flat_values(params)
         shapes = self.derived_shapes
-        indices = self._plate_index[:1] if self.data_plate is not None else None
+        indices = self._one_point()
 
         def collect(sites: Sequence[Message], particles: int | None) -> dict[str, Tensor]:
             return {
@@ -663,7 +780,7 @@ class PyroModel(Model):
         num = next(iter(values.values())).shape[0]
         per_pass = _PASS_ELEMENTS // max(
             sum(math.prod(s) for s in shapes.values())
-            + (self._sites.observed_numel if self.data_plate is None else 0),
+            + (0 if self._subsampled else self._sites.observed_numel),
             1,
         )
         parts = [
@@ -688,6 +805,10 @@ class PyroModel(Model):
         a data-plate model simulates the batch's indices (``None``: all ``N``).
         """
         indices = self._indices(batch)
+        select = None
+        if not self._subsampled and indices is not None:
+            # A model that cannot subsample simulates everything; the batch is picked after.
+            select, indices = (None if batch is None else indices), None
         values, sample_shape = self._flat_values(params)
         names = self.observed_shapes
         if not names:
@@ -713,12 +834,18 @@ class PyroModel(Model):
                 # Not every sampler has a vmap rule for independent draws: loop instead.
                 out = self._evaluate(part, indices, collect, "simulating", "loop", resample=True)
             parts.append(out)
-        return {
-            name: (drawn := torch.cat([p[name] for p in parts])).reshape(
-                sample_shape + tuple(drawn.shape[1:])
-            )
-            for name in names
-        }
+        drawn = {name: torch.cat([p[name] for p in parts]) for name in names}
+        if select is not None:
+            drawn = {name: self._select_points(name, v, select) for name, v in drawn.items()}
+        return {name: v.reshape(sample_shape + tuple(v.shape[1:])) for name, v in drawn.items()}
+
+    def _select_points(self, name: str, drawn: Tensor, indices: Tensor) -> Tensor:
+        """The points ``indices`` of a site's draws ``(num, *site shape)`` along its data dim."""
+        site = next(s for s in self._sites.observed if s.name == name)
+        dim = site.plate_dims.get(self.data_plate) if self.data_plate else None
+        if dim is None:
+            return drawn  # outside the data plate: not per point
+        return drawn.index_select(1 + site.batch_ndim + dim, indices)
 
     def pointwise_log_likelihood(self, params: Mapping[str, Tensor], batch: Batch | None) -> Tensor:
         """:math:`\\log p(x_i \\mid \\theta)` for each point of ``batch``: shape ``S + (B,)``.
@@ -737,6 +864,7 @@ class PyroModel(Model):
         """
         values, sample_shape = self._flat_values(params)
         nesting = self._sites.max_plate_nesting
+        select: Tensor | None = None
         if self.data_plate is None:
             self._indices(batch)
             site = self._pointwise_site()
@@ -750,7 +878,10 @@ class PyroModel(Model):
                 if self.data_plate in s.plates
             }
             by_event = False
-            if batch is None:
+            if not self.supports_minibatches:
+                chunks = [None]  # one run over all points, the batch picked after
+                select = None if batch is None else self._indices(batch)
+            elif batch is None:
                 chunks = list(self._chunks(self.full_data_chunk_rows(_values_num(values))))
             else:
                 chunks = [self._indices(batch)]
@@ -773,6 +904,8 @@ class PyroModel(Model):
             scale = 1.0 if chunk is None else chunk.shape[0] / self.num_data
             pieces.append(point["pointwise"] * scale)
         out = torch.cat(pieces, -1)
+        if select is not None:
+            out = out.index_select(-1, select)
         return out.reshape(sample_shape + (out.shape[-1],))
 
     def _pointwise_site(self) -> ObservedSite:
@@ -780,8 +913,9 @@ class PyroModel(Model):
         if len(data) != 1 or data[0].points is None:
             found = {s.name: s.shape for s in data}
             raise PyroModelError(
-                f"the Pyro model {self.model_name!r} has no data_plate, so the bridge does not "
-                "know which entries are data points; without one it needs exactly one "
+                f"the Pyro model {self.model_name!r} has no data plate ({self.data_plate_note}), "
+                "so the bridge does not know which entries are data points; without one it "
+                "needs exactly one "
                 "observed site with one dimension of points (one batch dim, or a "
                 "Normal(...).to_event(1)-style site over one dim), and the model has "
                 f"{found or 'none'}. Pass data_plate='<plate over the data points>'"
@@ -823,7 +957,7 @@ class PyroModel(Model):
         z = 0.5 * torch.randn(3, self.dim, generator=generator)
         z = z.to(dtype=self.dtype, device=self.device).requires_grad_(True)
         indices = None
-        if self.data_plate is not None:
+        if self._subsampled:
             indices = self._plate_index[: min(self.num_data, 64)]
         # The same random draws (e.g. a plate Pyro subsamples itself) along every path.
         self._runner.seed = 0
@@ -860,8 +994,34 @@ class PyroModel(Model):
         """Whether particles are evaluated vectorised (the plate or the vmap path)."""
         return self.particle_path != "loop"
 
+    def observed_values(self) -> dict[str, Tensor]:
+        """The observed sample sites' ``obs=`` arrays (not factors), keyed by site name:
+        what :meth:`simulate` replicates, for the predictive checks and the export."""
+        buffers = compat.module_buffers(self)
+        return {name: buffers[buffer] for name, buffer in self._observed_buffers}
+
+    @property
+    def data_summary(self) -> str:
+        """``num_data=N`` with the data plate, how it was chosen and whether it minibatches."""
+        if self.data_plate is None:
+            return f"num_data=0: no data plate ({self.data_plate_note})"
+        how = "found" if self.data_plate_found else "given"
+        full = "" if self.supports_minibatches else ", full data each step"
+        return f"num_data={self.num_data} in plate {self.data_plate!r} ({how}{full})"
+
+    @property
+    def no_data_reason(self) -> str:
+        return (
+            f"a density-only target: no data plate, {self.data_plate_note}; pass "
+            "data_plate='<name of the plate over the data points>'"
+        )
+
     def extra_repr(self) -> str:
-        plate = f", data_plate={self.data_plate!r}" if self.data_plate else ""
+        plate = ""
+        if self.data_plate:
+            how = "found" if self.data_plate_found else "given"
+            full = "" if self.supports_minibatches else ", full data"
+            plate = f", data_plate={self.data_plate!r} ({how}{full})"
         return (
             f"{self.model_name}{plate}, particles={self.particle_path!r}, dtype={self.dtype}, "
             + super().extra_repr()

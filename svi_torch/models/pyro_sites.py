@@ -49,6 +49,7 @@ __all__ = [
     "ModelSites",
     "PyroModelError",
     "discover_sites",
+    "find_data_plate",
     "feasible_init",
     "with_fallback",
     "tensor_dtype",
@@ -356,3 +357,40 @@ def discover_sites(
         observed_numel,
     )
     return sites, trace
+
+
+def find_data_plate(sites: ModelSites) -> tuple[str | None, str]:
+    """The plate over the data points, read off the sites: ``(name or None, why)``.
+
+    A candidate holds at least one observed site (sample or ``pyro.factor``), no latent
+    site (a latent per point is a local latent, not data: eight schools' ``theta``) and is
+    not subsampled by the model itself. Of the candidates an observed site sits in, the
+    outermost counts (``data`` in ``plate("data") > plate("features")``: a point is a row).
+    The data plate is found when every observed site in some candidate points to the same
+    one; ``why`` says what was found, or why none was (for messages).
+    """
+    latent_plates = {p for s in sites.latent for p in s.plates}
+    candidates = {
+        name
+        for name, size in sites.plate_sizes.items()
+        if name not in latent_plates and sites.plate_subsample_sizes[name] == size
+    }
+    outermost = {
+        next(p for p in s.plates if p in candidates)
+        for s in sites.observed
+        if any(p in candidates for p in s.plates)
+    }
+    if len(outermost) == 1:
+        (name,) = outermost
+        return name, f"the plate of the observed sites, {sites.plate_sizes[name]} points"
+    if outermost:
+        return None, f"the observed sites lie in {len(outermost)} plates, {sorted(outermost)}"
+    if not sites.observed:
+        return None, "the model has no observed site"
+    holding = sorted({p for s in sites.observed for p in s.plates})
+    if not holding:
+        return None, "no observed site lies inside a plate"
+    local = [p for p in holding if p in latent_plates]
+    why = [f"plate {p!r} holds latent sites too" for p in local]
+    why += [f"plate {p!r} subsamples itself" for p in holding if p not in local]
+    return None, "; ".join(why)

@@ -9,7 +9,8 @@ ArviZ 1.x (``pip install svi_torch[arviz]``) keeps inference data in an
   (``beta_dim_0``, ...);
 * ``posterior_predictive``: :math:`\\tilde x_s \\sim p(\\cdot \\mid \\theta_s)`
   (:meth:`Model.simulate`), where the model has it;
-* ``observed_data``: the model's data arrays named like the simulated ones;
+* ``observed_data``: the model's observed arrays (:meth:`Model.observed_values`, a Pyro
+  model's ``obs=``) named like the simulated ones;
 * ``log_likelihood``: :math:`\\log p(x_i \\mid \\theta_s)` per point, for ``az.loo``;
 * ``sample_stats``: per draw ``lp`` :math:`= \\log p(z_s, D)` (unconstrained, Jacobian
   included: ArviZ's name for the joint log density), ``log_q`` :math:`= \\log q(z_s)`,
@@ -114,8 +115,8 @@ def to_arviz(
         dims: dimension names per variable beyond ``(chain, draw)``, e.g.
             ``{"theta": ["school"], "y": ["school"]}``; default ``{name}_dim_{i}``.
         coords: coordinate values per dimension, e.g. ``{"school": ["A", ..., "H"]}``.
-        observed_data: the observed arrays by name, for models whose data do not hold them
-            under the simulated names (default: the model's data arrays of those names).
+        observed_data: the observed arrays by name (default: the model's
+            :meth:`~svi_torch.models.Model.observed_values` of the simulated names).
 
     Returns:
         ``xarray.DataTree``; ``dt.to_netcdf(path)`` writes it and
@@ -157,7 +158,7 @@ def to_arviz(
     if simulated is not None:
         data["posterior_predictive"] = {k: _numpy(v)[None] for k, v in simulated.items()}
         all_dims.update({k: _dims(k, v.shape[1:], given) for k, v in simulated.items()})
-        source = model.data if observed_data is None else observed_data
+        source = model.observed_values() if observed_data is None else observed_data
         observed = {k: torch.as_tensor(v) for k, v in source.items() if k in simulated}
         if observed:
             data["observed_data"] = {k: _numpy(v) for k, v in observed.items()}

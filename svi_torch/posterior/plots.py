@@ -51,14 +51,14 @@ def ppc_figure(
         num_samples: replicated data sets.
         seed: seed of the draws.
         max_lines: replicated data sets drawn as histograms in the first panel.
-        observed: observed arrays by name (default: the model's data arrays named like the
-            simulated ones).
+        observed: observed arrays by name (default: the model's
+            :meth:`~svi_torch.models.Model.observed_values` named like the simulated ones).
     """
     from matplotlib.figure import Figure
 
     replicated = posterior_predictive(model, family, num_samples, seed=seed)
     if observed is None:
-        observed = {k: v for k, v in model.data.items() if k in replicated}
+        observed = {k: v for k, v in model.observed_values().items() if k in replicated}
     names = [k for k in replicated if k in observed]
     if not names:
         raise ValueError(

@@ -72,7 +72,7 @@ def _simulate(model: Model, params: Mapping[str, Tensor], batch: Batch | None) -
 def _no_data_check(model: Model, what: str) -> None:
     if model.num_data == 0 and not model.data:
         raise ValueError(
-            f"{type(model).__name__} has no data (a density-only target), so it has no {what}"
+            f"{type(model).__name__} has no data ({model.no_data_reason}), so it has no {what}"
         )
 
 

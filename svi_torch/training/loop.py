@@ -94,7 +94,8 @@ def prepare_state(
         stream, steps_per_epoch = None, 1
     else:
         if batch_size is None:
-            batch_size = n if n <= 256 else 128
+            # A model that reads all its data on every call gains nothing from a batch.
+            batch_size = n if n <= 256 or not model.supports_minibatches else 128
         stream = MinibatchStream(
             n,
             batch_size,

@@ -139,7 +139,7 @@ class FitResult:
         last = f"; last logged ELBO {elbo[-1]:.6g}" if elbo else ""
         lines = [
             f"FitResult({type(self.family).__name__} on {type(self.model).__name__}, "
-            f"dim={self.model.dim}, num_data={self.model.num_data})",
+            f"dim={self.model.dim}, {self.model.data_summary})",
             f"  {self.method or 'fit'}: {self.steps} steps in {self.wall_time:.3g} s "
             f"({self.skipped_steps} skipped); stop: {self.stop_reason}{last}",
         ]
@@ -351,9 +351,8 @@ class FitResult:
     ) -> Any:
         """Posterior predictive check figure; see :func:`svi_torch.posterior.ppc_figure`.
 
-        ``observed`` maps the simulated arrays' names to the data (default: the model's data
-        arrays of those names; a Pyro model's data are its sites' ``obs``, so pass them,
-        e.g. ``observed={"y": y}``).
+        ``observed`` maps the simulated arrays' names to the data (default: the model's
+        :meth:`~svi_torch.models.Model.observed_values`, a Pyro model's ``obs=`` arrays).
         """
         from ..posterior.plots import ppc_figure
 
