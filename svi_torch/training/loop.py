@@ -83,7 +83,11 @@ def exponential_moments(
         return value, torch.zeros_like(value)
     delta = value - mean
     previous = variance if variance is not None else torch.zeros_like(delta)
-    return mean.lerp(value, weight), (previous + weight * delta.square()) * (1 - weight)
+    # Four small kernels on the hot path (addcmul fuses the square, scale and sum); the
+    # in-place scale acts on addcmul's fresh result.
+    return mean.lerp(value, weight), torch.addcmul(previous, delta, delta, value=weight).mul_(
+        1 - weight
+    )
 
 
 class Callback(Protocol):
