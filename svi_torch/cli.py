@@ -153,13 +153,6 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
 #: Parameters printed after a run; the rest are in metrics.json and `svi-torch summary`.
 MAX_PRINTED_PARAMETERS = 20
 
-#: What a PSIS k-hat reading means for the fit (Yao et al. 2018).
-KHAT_MEANING = {
-    "good": "q covers the posterior well enough for importance sampling",
-    "ok": "usable with care",
-    "bad": "q misses posterior mass; do not trust its tails or sds",
-}
-
 
 def gap_note(gap: float, stderr: float) -> str:
     """Why a gap log p(D) - ELBO < 0 is printed, when it is; "" for a non-negative gap.
@@ -183,6 +176,8 @@ def gap_note(gap: float, stderr: float) -> str:
 
 def report_lines(metrics: dict, run_dir: Path, seconds: float) -> list[str]:
     """The printout of a finished run: result, diagnostics, parameters and files."""
+    from .runs import KHAT_MEANING
+
     m = metrics
     lines = [
         f"steps: {m['steps']} ({m['steps_per_s']:.0f} steps/s, {seconds:.1f} s in all); "

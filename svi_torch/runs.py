@@ -5,8 +5,10 @@ that the method and the loop accept them, and only then creates the run director
 ends up holding
 
 * ``config.yaml``: the resolved config (every default filled in);
-* ``events.out.tfevents.*``: TensorBoard scalars, histograms, the marginals figure and
-  the hyperparameters with the final metrics;
+* ``events.out.tfevents.*``: TensorBoard scalars, histograms, the marginals figure, the
+  ELBO/KL/variance dashboard (:func:`~svi_torch.training.monitoring.dashboard`), the
+  hyperparameters with the final metrics and diagnostics (HParams tab) and a text summary
+  of the run (:func:`run_summary`, Text tab);
 * ``checkpoint.pt``: the loop's checkpoint (``resume=True`` continues from it);
 * ``metrics.json``: final ELBO with its Monte Carlo standard error, steps, wall time,
   steps per second, stop reason, posterior summary, KL to the prior and, when the model
@@ -47,13 +49,42 @@ from .training.logging import TensorBoardLogger
 from .training.monitoring import TrainingMonitor, kl_to_posterior, kl_to_prior
 from .training.result import FitResult, estimate_elbo
 
-__all__ = ["RunOutcome", "run_name", "new_run_dir", "train_run", "CONFIG_FILE", "CHECKPOINT_FILE"]
+__all__ = [
+    "RunOutcome",
+    "run_name",
+    "new_run_dir",
+    "train_run",
+    "run_summary",
+    "CONFIG_FILE",
+    "CHECKPOINT_FILE",
+]
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 FIGURE_FILE = "posterior_marginals.png"
 POSTERIOR_FILE = "posterior.nc"
+
+#: What a PSIS k-hat reading means for the fit (Yao et al. 2018).
+KHAT_MEANING = {
+    "good": "q covers the posterior well enough for importance sampling",
+    "ok": "usable with care",
+    "bad": "q misses posterior mass; do not trust its tails or sds",
+}
+
+#: Final numbers shown beside the settings in TensorBoard's HParams tab, by their
+#: ``metrics.json`` key (the ``diagnostics/`` prefix dropped from the tab's names).
+HPARAMS_METRICS = (
+    "elbo",
+    "elbo_se",
+    "kl_posterior",
+    "kl_prior",
+    "posterior_variance_mean",
+    "steps_per_s",
+    "diagnostics/khat",
+    "diagnostics/log_evidence_iw",
+    "diagnostics/log_evidence_iw_se",
+)
 
 
 @dataclass
@@ -170,12 +201,8 @@ def train_run(
             # The checkpoint is written; a final metrics.json would claim a finished run.
             raise RunInterrupted(result.interrupted_by, run_dir, result.steps)
         metrics = final_metrics(result, monitor, log.elbo_samples, log.kl_samples)
-        diagnostics = {
-            k: v
-            for k, v in metrics.items()
-            if k.startswith("diagnostics/") and isinstance(v, int | float)
-        }
-        logger.log_scalars(result.steps, diagnostics)
+        # End-of-run numbers (k-hat, evidence) are single numbers: the HParams tab and a
+        # text summary hold them, not line charts of one point at the last step.
         monitor.finish(
             [logger],
             result.steps,
@@ -183,18 +210,13 @@ def train_run(
             built.family,
             hparams=hparams_of(config),
             final_metrics={
-                k: float(metrics[k])
-                for k in (
-                    "elbo",
-                    "kl_posterior",
-                    "kl_prior",
-                    "steps_per_s",
-                    "posterior_variance_mean",
-                )
-                if metrics.get(k) is not None
+                k.removeprefix("diagnostics/"): float(metrics[k])
+                for k in HPARAMS_METRICS
+                if isinstance(metrics.get(k), int | float)
             },
             figure=log.figure,
             figure_path=run_dir / FIGURE_FILE if log.figure else None,
+            summary=run_summary(metrics, run_dir.name),
         )
     finally:
         logger.close()
@@ -395,6 +417,77 @@ def full_data_elbo(model: Any, family: Any, num_samples: int, chunk: int) -> tup
             values.append(model.full_log_joint(z).double())
     terms = torch.cat(values)
     return (terms.mean() + entropy).item(), (terms.std() / math.sqrt(terms.numel())).item()
+
+
+def run_summary(metrics: dict[str, Any], name: str) -> str:
+    """The end of a run in Markdown (TensorBoard's Text tab): result, KL, diagnostics, cost.
+
+    Every number is the one ``metrics.json`` holds (``metrics``), printed the way the
+    command line prints it.
+
+    Example:
+        >>> print(run_summary({"elbo": -12.5, "elbo_se": 0.01, "steps": 10}, "demo"))
+        ... # doctest: +ELLIPSIS
+        **demo**: 10 steps...
+    """
+    m = metrics
+    khat = m.get("diagnostics/khat")
+    reading = m.get("diagnostics/khat_reading", "")
+    exact_variance = m.get("exact_variance_mean")
+    rows = [
+        ("ELBO (full data)", _with_se(m, "elbo", "elbo_se", " (Monte Carlo s.e.)")),
+        ("log p(D), exact", _number(m.get("log_evidence"), ".4f")),
+        (
+            "KL(q‖exact posterior)",
+            _number(m.get("kl_posterior"), ".4g", f" nats ({m.get('kl_posterior_method')})"),
+        ),
+        ("KL(q‖prior)", _number(m.get("kl_prior"), ".4g", f" nats ({m.get('kl_prior_method')})")),
+        (
+            "mean marginal variance of q",
+            _number(
+                m.get("posterior_variance_mean"),
+                ".4g",
+                "" if exact_variance is None else f" (exact posterior: {exact_variance:.4g})",
+            ),
+        ),
+        (
+            "PSIS k-hat",
+            _number(khat, ".3f", f" ({reading}: {KHAT_MEANING.get(reading, '')})")
+            if khat is not None or not m.get("diagnostics/unavailable")
+            else f"not computed ({m['diagnostics/unavailable']})",
+        ),
+        (
+            "importance-weighted log p(D)",
+            _with_se(m, "diagnostics/log_evidence_iw", "diagnostics/log_evidence_iw_se"),
+        ),
+        ("ELBO from the same draws", _with_se(m, "diagnostics/elbo", "diagnostics/elbo_se")),
+        ("gradient evaluations (full-data units)", _number(m.get("grad_evals"), ".4g")),
+        (
+            "speed",
+            _number(m.get("steps_per_s"), ".0f", f" steps/s, {m.get('wall_time_s') or 0.0:.1f} s"),
+        ),
+    ]
+    lines = [
+        f"**{name}**: {m['steps']} steps"
+        + (f" of method `{m['method']}`" if m.get("method") else "")
+        + (f", stopped by {m['stop_reason']}" if m.get("stop_reason") else ""),
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    lines += [f"| {label} | {value} |" for label, value in rows if value is not None]
+    return "\n".join(lines)
+
+
+def _number(value: Any, spec: str, suffix: str = "") -> str | None:
+    """``value`` formatted with ``spec`` and ``suffix``, or ``None`` when there is none."""
+    return None if value is None else f"{value:{spec}}{suffix}"
+
+
+def _with_se(metrics: dict[str, Any], key: str, se_key: str, suffix: str = "") -> str | None:
+    """``metrics[key] ± metrics[se_key]`` to four decimals (``None`` when there is none)."""
+    se = metrics.get(se_key) or 0.0
+    return _number(metrics.get(key), ".4f", f" ± {se:.4f}{suffix}")
 
 
 def hparams_of(config: Config) -> dict[str, Any]:

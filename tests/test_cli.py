@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from cli_helpers import stopped_at
+from cli_helpers import get_json, stopped_at, tensorboard_server
 
 from svi_torch.cli import main
 
@@ -132,47 +128,17 @@ def test_kl_to_posterior_falls_tenfold_on_conjugate_model(events) -> None:
     assert elbo == pytest.approx(-loss, rel=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 @pytest.mark.timeout(180)
 def test_tensorboard_server_serves_run_and_scalar_tags(quick_run) -> None:
     run_dir = quick_run[0]
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir.parent)]
-        + ["--port", str(port), "--host", "127.0.0.1", "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-    )
-    try:
-        deadline = time.monotonic() + 150
-        tags: dict = {}
-        while time.monotonic() < deadline:
-            try:
-                tags = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")  # type: ignore[assignment]
-                if run_dir.name in tags and "kl/posterior" in tags[run_dir.name]:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert server.poll() is None, "tensorboard exited early"
-            time.sleep(0.5)
-        assert run_dir.name in tags, tags
-        assert set(SCALAR_TAGS + GRAD_TAGS) <= set(tags[run_dir.name])
-        runs = _get_json(f"http://127.0.0.1:{port}/data/runs")
+    with tensorboard_server(
+        run_dir.parent, lambda tags: "kl/posterior" in tags.get(run_dir.name, {}), env=_env()
+    ) as url:
+        tags = get_json(f"{url}/data/plugin/scalars/tags")
+        assert run_dir.name in tags, tags  # type: ignore[operator]
+        assert set(SCALAR_TAGS + GRAD_TAGS) <= set(tags[run_dir.name])  # type: ignore[index]
+        runs = get_json(f"{url}/data/runs")
         assert run_dir.name in runs  # type: ignore[operator]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 # -- errors -------------------------------------------------------------------------------

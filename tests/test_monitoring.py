@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from torch.distributions import MultivariateNormal, kl_divergence
 
 import svi_torch as st
-from svi_torch.training.logging import MemoryLogger
+from svi_torch.training.logging import Chart, Dashboard, MemoryLogger, TensorBoardLogger
+from svi_torch.training.loop import ELBO_EMA_WEIGHT, exponential_moments
 from svi_torch.training.monitoring import (
     TrainingMonitor,
+    dashboard,
     gradient_statistics,
     kl_to_posterior,
     kl_to_prior,
@@ -182,6 +184,71 @@ def test_monitor_metrics_and_histograms_reach_the_loggers() -> None:
     assert [s for s, _ in logger.scalars["grad/variance"]] == [100, 200]
     assert sorted(seen) == [50, 100, 150, 200]
     assert seen[200]["family/loc"].shape == (2,) and bool((seen[200]["family/scale"] > 0).all())
+
+
+def test_elbo_noise_band_has_the_spread_of_independent_estimates() -> None:
+    """The band's variance is the estimates' variance, also around -5000 in float32."""
+    sigma, steps, burn_in = 30.0, 20_000, 200
+    g = torch.Generator().manual_seed(0)
+    values = -5000.0 + sigma * torch.randn(steps, generator=g)
+    mean, variance, kept = None, None, []
+    for value in values:
+        mean, variance = exponential_moments(mean, variance, value)
+        kept.append(variance.item())
+    w = ELBO_EMA_WEIGHT
+    expected = 2 * (1 - w) / (2 - w) * sigma**2  # the update's steady state (its docstring)
+    # One variance holds about (2 - w) / w = 39 values: relative sd sqrt(2/39) = 0.23; it is
+    # an AR(1) with phi = 1 - w, integrated autocorrelation (1 + phi) / (1 - phi) = 39, so
+    # the mean of 19800 has relative sd 0.23 / sqrt(19800 / 39) = 0.010. Four of them:
+    assert sum(kept[burn_in:]) / (steps - burn_in) == pytest.approx(expected, rel=0.04)
+
+
+def test_monitor_gives_loggers_the_dashboard_and_the_exact_variance_line() -> None:
+    model = _regression(1000, 2)
+    family = st.families.MeanFieldGaussian(model.dim).double()
+    logger = MemoryLogger()
+    st.fit(
+        model,
+        family,
+        steps=100,
+        log_every=25,
+        loggers=[logger],
+        callbacks=[TrainingMonitor(grad_stats_every=0, histogram_every=0)],
+    )
+    assert logger.dashboard == dashboard(posterior_known=True)
+    exact = model.exact_posterior().variance.double().mean().item()
+    assert {v for _, v in logger.scalars["posterior/exact_variance_mean"]} == {exact}
+    lower, smoothed, upper = (
+        [v for _, v in logger.scalars[tag]]
+        for tag in ("elbo/band_lower", "elbo/smoothed", "elbo/band_upper")
+    )
+    assert all(lo < m < hi for lo, m, hi in zip(lower, smoothed, upper, strict=True))
+    # The Time Series copies are the logger's business, not the history's.
+    assert not [tag for tag in logger.scalars if tag.startswith("Overview/")]
+
+
+def test_tensorboard_logger_writes_the_layout_with_the_run_and_copies_first_tags(
+    tmp_path,
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    board = Dashboard(
+        {"first": (Chart("b", ("b",), band=("b_lo", "b_hi")),), "then": (Chart("a", ("a",)),)},
+        first={"a": "a_copy"},
+    )
+    logger = TensorBoardLogger(tmp_path / "run", dashboard=board)
+    for step in (1, 2):
+        logger.log_scalars(step, {"a": float(step), "b": 0.0, "b_lo": -1.0, "b_hi": 1.0})
+    logger.close()
+    acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    (event,) = acc.Tensors("custom_scalars__config__")  # once, however many steps
+    layout = layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+    assert [c.title for c in layout.category] == ["first", "then"]
+    assert layout.category[0].chart[0].margin.series[0].upper == "b_hi"
+    assert list(layout.category[1].chart[0].multiline.tag) == ["^a$"]
+    assert [(e.step, e.value) for e in acc.Scalars("Overview/a_copy")] == [(1, 1.0), (2, 2.0)]
 
 
 def test_marginals_figure_has_one_panel_per_coordinate_with_its_reference() -> None:

@@ -33,6 +33,17 @@
 # mass-covering one; VI does not minimise it.)
 
 # %%
+# The posteriordb models and references live in `benchmarks/`, at the top of the
+# repository. Jupyter runs a notebook in the notebook's own folder (`notebooks/`), so add
+# the folder above it that holds `benchmarks/` to where Python looks for modules.
+import sys
+from pathlib import Path
+
+repository = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "benchmarks").is_dir())
+if str(repository) not in sys.path:
+    sys.path.append(str(repository))
+
+# %%
 import math
 import time
 import warnings

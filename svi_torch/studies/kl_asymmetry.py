@@ -78,7 +78,7 @@ def run(outdir: Path, quick: bool = False, overrides: dict | None = None) -> Pat
             target.dim, init_loc=cfg["init_loc"], init_scale=cfg["init_scale"]
         )
         loggers = tensorboard(outdir, name, cfg["tensorboard"])
-        result = fit(
+        fit(
             target,
             family,
             objective,
@@ -90,7 +90,13 @@ def run(outdir: Path, quick: bool = False, overrides: dict | None = None) -> Pat
         )
         diagnostics = diagnose(target, family, num_samples=4000, seed=cfg["seed"])
         for logger in loggers:
-            logger.log_scalars(result.steps, diagnostics.as_dict())
+            # Single end-of-fit numbers: the HParams tab, not one-point line charts.
+            final = {
+                k.removeprefix("diagnostics/"): v
+                for k, v in diagnostics.as_dict().items()
+                if math.isfinite(v)
+            }
+            logger.log_hparams({"objective": name}, final)
             logger.close()
         fitted[name] = family
         rows.append(

@@ -4,7 +4,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .convergence import ConvergenceMonitor
 from .divergence import DivergenceCheck
 from .health import HealthGuard, NonFiniteLossError
-from .logging import Logger, MemoryLogger, TensorBoardLogger
+from .logging import Chart, Dashboard, Logger, MemoryLogger, TensorBoardLogger
 from .loop import Callback, TrainingLoop, prepare_state
 from .result import Decision, FitResult, estimate_elbo
 from .schedule import IterateAverage, LRSchedule
@@ -29,6 +29,8 @@ __all__ = [
     "Logger",
     "MemoryLogger",
     "TensorBoardLogger",
+    "Dashboard",
+    "Chart",
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",

@@ -21,11 +21,16 @@
   particle noise varies), total variance :math:`\\sum_j \\widehat{\\mathrm{Var}}[g_j]` and
   signal-to-noise ratio :math:`\\|\\bar g\\| / \\sqrt{\\sum_j \\widehat{\\mathrm{Var}}[g_j]}`;
 
+* ``posterior/exact_variance_mean``: the exact posterior's mean marginal variance, the
+  line ``posterior/variance_mean`` should reach, when the posterior is known;
+
 and every ``histogram_every`` steps it writes histograms of the variational means and
-marginal standard deviations. :meth:`TrainingMonitor.finish` writes the hyperparameters with
-the final metrics (TensorBoard's HParams tab) and a figure of the marginals of :math:`q`
-against the exact posterior (or the prior). All random draws here run under a forked RNG
-state, so monitoring never changes the training trajectory.
+marginal standard deviations. It gives each logger that takes one (``set_dashboard``) the
+run's :func:`dashboard`: the ELBO with its noise band, the KL and the posterior variance,
+first in TensorBoard. :meth:`TrainingMonitor.finish` writes the hyperparameters with the
+final metrics (TensorBoard's HParams tab), an optional text summary and a figure of the
+marginals of :math:`q` against the exact posterior (or the prior). All random draws here
+run under a forked RNG state, so monitoring never changes the training trajectory.
 """
 
 from __future__ import annotations
@@ -50,9 +55,11 @@ from torch.distributions import (
 from ..families.base import VariationalFamily
 from ..models.base import ConjugateModel, Model
 from ..posterior.draws import element_names as _element_names
+from .logging import Chart, Dashboard
 
 __all__ = [
     "TrainingMonitor",
+    "dashboard",
     "unconstrained_prior",
     "exact_posterior",
     "kl_to_prior",
@@ -192,6 +199,66 @@ def gradient_statistics(state: Any, draws: int = 16) -> tuple[float, float]:
     return variance.item(), snr.item()
 
 
+# -- what a reader sees first ------------------------------------------------------------
+def dashboard(posterior_known: bool) -> Dashboard:
+    r"""The charts of a run that TensorBoard shows first: ELBO, KL and posterior variance.
+
+    In the Custom Scalars tab, two sections: ``ELBO`` with
+
+    * the ELBO: ``elbo/smoothed`` inside the band from ``elbo/band_lower`` to
+      ``elbo/band_upper``, :math:`\pm` one exponentially weighted standard deviation of
+      the per-step estimates around it (where the raw ``elbo`` points fall: the Monte
+      Carlo noise of one step's minibatch and particles, widened by the curve's own climb
+      early on);
+
+    then ``KL and posterior variance`` with
+
+    * the reverse :math:`\mathrm{KL}(q\|p(\cdot\mid D))` of the iterate and of the
+      averaged iterate when the exact posterior is known, else :math:`\mathrm{KL}(q\|p_0)`
+      to the prior;
+    * the mean marginal variance of :math:`q` (iterate and averaged) and, when known, the
+      exact posterior's.
+
+    In the Time Series tab (which opens first), the group ``Overview`` repeats ``elbo``
+    (TensorBoard draws it smoothed over its faint raw points), the KL of the iterate and
+    ``posterior/variance_mean`` as ``Overview/elbo``, ``Overview/kl_posterior`` (or
+    ``Overview/kl_prior``) and ``Overview/variance_mean``.
+
+    Example:
+        >>> list(dashboard(posterior_known=True).categories)
+        ['ELBO', 'KL and posterior variance']
+    """
+    if posterior_known:
+        kl, kl_title = "posterior", "KL(q‖p(z|D)), the reverse KL to the exact posterior (nats)"
+    else:
+        kl, kl_title = "prior", "KL(q‖prior) (nats; the posterior is not known)"
+    variance = ("posterior/variance_mean", "posterior/variance_mean_averaged")
+    if posterior_known:
+        variance += ("posterior/exact_variance_mean",)
+    return Dashboard(
+        {
+            "ELBO": (
+                Chart(
+                    "ELBO (smoothed) ± sd of one step's estimate",
+                    ("elbo/smoothed",),
+                    band=("elbo/band_lower", "elbo/band_upper"),
+                ),
+            ),
+            "KL and posterior variance": (
+                Chart(
+                    f"{kl_title}: iterate and averaged iterate", (f"kl/{kl}", f"kl/{kl}_averaged")
+                ),
+                Chart("posterior variance, mean over the coordinates of z", variance),
+            ),
+        },
+        first={
+            "elbo": "elbo",
+            f"kl/{kl}": f"kl_{kl}",
+            "posterior/variance_mean": "variance_mean",
+        },
+    )
+
+
 # -- the callback ------------------------------------------------------------------------
 class TrainingMonitor:
     """Trainer callback adding KL, gradient-noise metrics and histograms; see the module doc.
@@ -226,6 +293,7 @@ class TrainingMonitor:
         self.seed = seed
         self._posterior: Distribution | None = None
         self._prior: Distribution | None = None
+        self._exact_variance_mean: float | None = None
         self._references_for: int | None = None
 
     def references(self, model: Model) -> tuple[Distribution | None, Distribution | None]:
@@ -234,6 +302,9 @@ class TrainingMonitor:
         if self._references_for != id(model):
             self._posterior = exact_posterior(model)
             self._prior = unconstrained_prior(model)
+            self._exact_variance_mean = (
+                None if self._posterior is None else self._posterior.variance.double().mean().item()
+            )
             self._references_for = id(model)
         return self._posterior, self._prior
 
@@ -255,9 +326,20 @@ class TrainingMonitor:
         return out
 
     def on_log(self, state: Any, step: int, metrics: dict[str, float]) -> None:
-        """Add the KL metrics (and, on their steps, gradient statistics and histograms)."""
+        """Add the KL metrics (and, on their steps, gradient statistics and histograms).
+
+        Each logger with a ``set_dashboard`` method gets the run's :func:`dashboard`
+        before it writes this step's scalars (the loop calls callbacks first).
+        """
         family, model = state.family, state.model
         metrics.update(self.kl_metrics(model, family, step))
+        board = dashboard(self._posterior is not None)
+        for logger in state.loggers:
+            set_dashboard = getattr(logger, "set_dashboard", None)
+            if set_dashboard is not None:
+                set_dashboard(board)
+        if self._exact_variance_mean is not None and "posterior/variance_mean" in metrics:
+            metrics["posterior/exact_variance_mean"] = self._exact_variance_mean
         averaged = _averaged_family(state)
         if averaged is not None:
             for key, value in self.kl_metrics(model, averaged, step).items():
@@ -291,8 +373,14 @@ class TrainingMonitor:
         final_metrics: dict[str, float],
         figure: bool = True,
         figure_path: Path | None = None,
+        summary: str | None = None,
     ) -> None:
-        """Write final histograms, the marginals figure and the hparams with final metrics."""
+        """Write final histograms, the marginals figure, the hparams with final metrics and
+        ``summary`` (Markdown, TensorBoard's Text tab, tag ``summary``).
+
+        Single end-of-run numbers go to the HParams tab and the text, not to line charts
+        of one point each.
+        """
         self.references(model)
         self.log_histograms(loggers, step, family)
         if figure:
@@ -304,6 +392,9 @@ class TrainingMonitor:
         finite = {k: v for k, v in final_metrics.items() if math.isfinite(v)}
         for logger in loggers:
             logger.log_hparams(hparams, finite)
+            log_text = getattr(logger, "log_text", None)  # loggers written before it had none
+            if summary is not None and log_text is not None:
+                log_text(step, "summary", summary)
 
 
 def _averaged_family(state: Any) -> VariationalFamily | None:

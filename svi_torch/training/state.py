@@ -76,6 +76,9 @@ class TrainState:
         grad_evals: gradient evaluations of the log joint, in full-data units: a
             minibatch gradient at one point counts :math:`B/N`, a Hessian :math:`D`.
         elbo_ema: exponential moving average of the ELBO estimates.
+        elbo_emvar: exponentially weighted variance of the ELBO estimates around
+            ``elbo_ema`` (same weight): the Monte Carlo noise of one step's estimate, plus
+            the drift of the curve while it climbs.
         last_output: the last finite step's objective output.
         context: the last batch's context (amortized families report a variance per point).
         history: metrics at each logging step.
@@ -101,6 +104,7 @@ class TrainState:
     step_size_factor: float = 1.0
     grad_evals: float = 0.0
     elbo_ema: Tensor | None = None
+    elbo_emvar: Tensor | None = None
     last_output: ObjectiveOutput | None = None
     context: Tensor | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
