@@ -82,6 +82,8 @@ HPARAMS_METRICS = (
     "posterior_variance_mean",
     "steps_per_s",
     "diagnostics/khat",
+    "diagnostics/khat_se",
+    "diagnostics/ess",
     "diagnostics/log_evidence_iw",
     "diagnostics/log_evidence_iw_se",
 )
@@ -452,7 +454,12 @@ def run_summary(metrics: dict[str, Any], name: str) -> str:
         ),
         (
             "PSIS k-hat",
-            _number(khat, ".3f", f" ({reading}: {KHAT_MEANING.get(reading, '')})")
+            _number(
+                khat,
+                ".3f",
+                f" ± {m.get('diagnostics/khat_se', math.nan):.2f} ({reading}: "
+                f"{KHAT_MEANING.get(reading, '')})",
+            )
             if khat is not None or not m.get("diagnostics/unavailable")
             else f"not computed ({m['diagnostics/unavailable']})",
         ),
@@ -460,6 +467,8 @@ def run_summary(metrics: dict[str, Any], name: str) -> str:
             "importance-weighted log p(D)",
             _with_se(m, "diagnostics/log_evidence_iw", "diagnostics/log_evidence_iw_se"),
         ),
+        ("doubtful quantities", m.get("diagnostics/doubtful") or "none"),
+        ("draws", m.get("diagnostics/draws") or "new draws from q"),
         ("ELBO from the same draws", _with_se(m, "diagnostics/elbo", "diagnostics/elbo_se")),
         ("gradient evaluations (full-data units)", _number(m.get("grad_evals"), ".4g")),
         (
