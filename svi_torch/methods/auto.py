@@ -41,8 +41,14 @@
    standard errors below its start's. The first stage that completes without failing is
    the result; if none does, the q with the highest ELBO seen (a stage's start or result)
    is. Every failure is recorded with its reason.
-4. **After the fit**: the PSIS :math:`\\hat k` of the final :math:`q` with its plain
-   reading, and a ``RuntimeWarning`` when :math:`\\hat k > 0.7`.
+4. **After the fit** (:meth:`_AutoRun.finish`): the fit's one diagnosis — PSIS
+   :math:`\\hat k` with its Monte Carlo error and reading, and above 0.5 the doubtful
+   quantities — then: for :math:`\\hat k > 0.5`, the model's reparameterised form
+   (hierarchical location-scale sites non-centred) fitted by the same chain and kept when
+   its ELBO wins; for :math:`0.5 < \\hat k \\le 0.7` on what is kept, q's draws
+   importance-resampled with their Pareto-smoothed weights (``result.draws``); for
+   :math:`\\hat k > 0.7`, a ``RuntimeWarning`` naming the doubtful quantities. A stage that
+   ends at most :data:`SMALL_FALL` nats below its start's ELBO keeps its start.
 
 The stop rule (``convergence``) is on unless the caller set it. Gradient evaluations are
 counted in full-data units (a minibatch gradient at one point is :math:`B/N`, a Hessian
