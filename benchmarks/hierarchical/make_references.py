@@ -188,7 +188,9 @@ SETTINGS: dict[str, Settings] = {
         derived=("lambda",),
         warmup=2000,
         draws=3000,
-        target_accept=0.99,
+        # At 0.99 the chains diverged 74 times in 12 000 draws; the smaller step size of
+        # 0.995 halves that (36), and the two runs' summaries agree (README).
+        target_accept=0.995,
         max_tree_depth=12,
     ),
     "separation_synth-logistic_near_separation": Settings(),
@@ -392,7 +394,7 @@ def table(names: list[str]) -> str:
     for name in names:
         record = load_reference(name).record
         s = record["sampler"]
-        form = "centred" if s["centered"] else f"non-centred {', '.join(s['noncentered'])}"
+        form = "as written" if s["centered"] else f"non-centred {', '.join(s['noncentered'])}"
         lines.append(
             f"| {name} | {len(record['params'])} (+{len(record['derived_params'])}) | {form} "
             f"| ({s['warmup']} + {s['draws']}) x {s['chains']}, {s['target_accept']} "
