@@ -153,7 +153,15 @@ def _draw(site: LatentSite, ref: Reference, scale: float, generator: torch.Gener
             candidate = transform(transform.inv(candidate))
         if _feasible(site, candidate, sd):
             return candidate
-    raise AssertionError(f"{ref.name}: no feasible value of {site.name!r} in 1000 draws")
+    # A heavy-tailed vector site (the horseshoe's local scales, sds far above their means) is
+    # almost never feasible in every coordinate at once: step from the mean in the unconstrained
+    # space instead, where every point is feasible.
+    for _ in range(1000):
+        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float64)
+        candidate = transform(transform.inv(mean) + scale * noise)
+        if _feasible(site, candidate, sd):
+            return candidate
+    raise AssertionError(f"{ref.name}: no feasible value of {site.name!r} in 2000 draws")
 
 
 @functools.cache

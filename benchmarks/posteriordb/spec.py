@@ -9,7 +9,9 @@ reference quantities, and optionally a native svi_torch model.
 :func:`load_reference` reads the posteriordb record (Stan code, data, NUTS summaries,
 correlations): from ``root`` when given, else from ``../shared/posteriordb`` beside the
 repository when that folder holds the posterior, else from the copy kept in
-``benchmarks/posteriordb/reference/`` (gzipped, so a clone runs the suite on its own).
+``benchmarks/posteriordb/reference/`` (gzipped, so a clone runs the suite on its own), or
+for the hierarchical set's posteriors from ``benchmarks/hierarchical/reference/`` (records
+of the same keys, made by its ``make_references.py``).
 
 Example:
     >>> ref = load_reference("eight_schools-eight_schools_noncentered")
@@ -29,11 +31,20 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-__all__ = ["Posterior", "Reference", "load_reference", "REPO", "SHARED_POSTERIORDB", "VENDORED"]
+__all__ = [
+    "Posterior",
+    "Reference",
+    "load_reference",
+    "REPO",
+    "SHARED_POSTERIORDB",
+    "VENDORED",
+    "HIERARCHICAL",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_POSTERIORDB = REPO.parent / "shared" / "posteriordb"
 VENDORED = Path(__file__).resolve().parent / "reference"
+HIERARCHICAL = REPO / "benchmarks" / "hierarchical" / "reference"
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,11 @@ def load_reference(name: str, root: str | Path | None = None) -> Reference:
     if root is not None:
         candidates += [Path(root) / f"{name}.json", Path(root) / f"{name}.json.gz"]
     else:
-        candidates += [SHARED_POSTERIORDB / f"{name}.json", VENDORED / f"{name}.json.gz"]
+        candidates += [
+            SHARED_POSTERIORDB / f"{name}.json",
+            VENDORED / f"{name}.json.gz",
+            HIERARCHICAL / f"{name}.json.gz",
+        ]
     for path in candidates:
         if path.is_file():
             opener = gzip.open if path.suffix == ".gz" else open

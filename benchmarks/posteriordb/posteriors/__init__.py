@@ -1,6 +1,8 @@
 """The suite's posteriors: every module in this package defines ``POSTERIOR``.
 
-Modules are found by name, so adding a posterior is adding one file.
+Modules are found by name, so adding a posterior is adding one file. The hierarchical set
+(``benchmarks/hierarchical/posteriors``, the same :class:`Posterior` spec) is found the same
+way and loaded with this package's, so the runner and the model tests take both.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ __all__ = ["load_posteriors"]
 
 
 def load_posteriors(names: list[str] | None = None) -> dict[str, Posterior]:
-    """Every posterior of the suite by posteriordb name (or those in ``names``, in order)."""
+    """Every posterior of the suite and of the hierarchical set by name (or those in ``names``,
+    in order)."""
     found: dict[str, Posterior] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        posterior = getattr(module, "POSTERIOR", None)
-        if isinstance(posterior, Posterior):
-            found[posterior.name] = posterior
+    hierarchical = importlib.import_module("benchmarks.hierarchical.posteriors")
+    for package in (__name__, hierarchical.__name__):
+        path = importlib.import_module(package).__path__
+        for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name):
+            module = importlib.import_module(f"{package}.{info.name}")
+            posterior = getattr(module, "POSTERIOR", None)
+            if isinstance(posterior, Posterior):
+                found[posterior.name] = posterior
     if names is None:
         return found
     unknown = [n for n in names if n not in found]
