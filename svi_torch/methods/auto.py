@@ -124,6 +124,8 @@ NGVI_WINDOW = 100
 #: A stage that ends below its start's ELBO by at most this (nats of KL(q || p)) keeps its
 #: start: a real but negligible fall (minibatch noise at the answer), no reason to go on.
 SMALL_FALL = 0.1
+#: When non-centring every site loses, each site alone is tried if there are at most this many.
+MAX_SINGLE_SITES = 3
 #: Step budget of the batch-and-match stage when ``steps`` is not given.
 BAM_STAGE_STEPS = 500
 
@@ -531,13 +533,14 @@ class _AutoRun:
     def finish(self, result: FitResult) -> FitResult:
         """The final PSIS k-hat ± its error, and what follows from it.
 
-        * :math:`\\hat k \\le 0.5`: q is kept as it is.
-        * :math:`\\hat k > 0.5` and the model has a reparameterised form (hierarchical
+        * :math:`\\hat k \\le 0.5` and no doubtful quantity: q is kept as it is.
+        * :math:`\\hat k > 0.5`, or a doubtful quantity, and the model has a reparameterised form (hierarchical
           location-scale sites non-centred): that form is fitted too, by this method, and
           kept when its ELBO is higher beyond the noise, or equal within it with a lower
           :math:`\\hat k` (:meth:`_reparameterized_fit`; both ELBOs bound the same
           :math:`\\log p(D)`).
-        * :math:`0.5 < \\hat k \\le 0.7` on what is kept: q's draws are importance-resampled
+        * :math:`\\hat k \\le 0.7` with :math:`\\hat k > 0.5` or a doubtful quantity, on what
+          is kept: q's draws are importance-resampled
           with their Pareto-smoothed weights (:meth:`_resample`).
         * :math:`\\hat k > 0.7` on what is kept: the weights cannot be trusted to correct q:
           a ``RuntimeWarning`` naming the doubtful quantities, with advice for the family.
@@ -553,13 +556,14 @@ class _AutoRun:
         if diagnostics.doubtful:
             detail += f"; {diagnostics.doubtful_text}"
         self._record("k-hat", diagnostics.reading, detail)
-        if diagnostics.khat > GOOD_KHAT and self.auto.reparameterize:
+        doubtful = diagnostics.khat > GOOD_KHAT or bool(diagnostics.doubtful)
+        if doubtful and self.auto.reparameterize:
             other = self._reparameterized_fit(result)
             if other is not None:
                 assert other.diagnostics is not None
                 self._warn(other.diagnostics, other.family)
                 return other
-        if GOOD_KHAT < diagnostics.khat <= KHAT_WARN:
+        if doubtful and diagnostics.khat <= KHAT_WARN:
             self._resample(result, diagnosis)
         self._warn(diagnostics, self.family)
         return result
@@ -569,22 +573,49 @@ class _AutoRun:
             warnings.warn(khat_warning(diagnostics, family), RuntimeWarning, stacklevel=4)
 
     def _reparameterized_fit(self, result: FitResult) -> FitResult | None:
-        """Fit the model's reparameterised form; the result if it wins, else None."""
-        began = time.perf_counter()
+        """Fit the model's reparameterised forms; the best that wins, else None.
+
+        First every reparameterisable site at once; when that loses and there are several
+        sites (at most :data:`MAX_SINGLE_SITES`), each site alone: a well-identified group
+        fits better centred while a weakly identified one needs non-centring (measured on
+        centred varying intercepts and slopes: all sites non-centred lost 0.8 nats).
+        """
         try:
-            model = self.model.reparameterized()
+            sites = tuple(self.model.reparameterizable_sites())
         except (ValueError, TypeError, RuntimeError) as err:
             self._record("reparameterize", "failed", _one_line(err))
             return None
-        if model is None:
+        if not sites:
             return None
-        changed = sorted(set(model.param_specs) ^ set(self.model.param_specs))
-        family = _family_like(self.family, model.dim)
-        if family is None:
+        best, best_diag = None, result.diagnostics
+        candidates: list[tuple[str, ...]] = [sites]
+        for chosen in candidates:
+            other = self._nested_fit(chosen, best_diag)
+            if other is not None:
+                best, best_diag = other, other.diagnostics
+            elif chosen == sites and 1 < len(sites) <= MAX_SINGLE_SITES:
+                candidates.extend((site,) for site in sites)
+        if best is None:
+            return None
+        best.decisions = self.decisions + [
+            replace(d, stage=f"non-centred {d.stage}") for d in best.decisions
+        ]
+        best.grad_evals = sum(d.grad_evals for d in self.decisions)
+        best.method = best.method.replace("auto -> ", "auto -> non-centred ", 1)
+        return best
+
+    def _nested_fit(self, sites: tuple[str, ...], against: Diagnostics | None) -> FitResult | None:
+        """The model with ``sites`` non-centred, fitted by this chain; it if it beats ``against``."""
+        began = time.perf_counter()
+        try:
+            model = self.model.reparameterized(sites)
+        except (ValueError, TypeError, RuntimeError) as err:
+            self._record("reparameterize", "failed", _one_line(err))
+            return None
+        family = _family_like(self.family, model.dim) if model is not None else None
+        if model is None or family is None:
             self._record(
-                "reparameterize",
-                "skipped",
-                f"no {type(self.family).__name__} of the reparameterised model's dimension",
+                "reparameterize", "skipped", f"no reparameterised model or family for {sites}"
             )
             return None
         # The nested fit: the same chain on the new form, without checkpoints (the outer run
@@ -598,30 +629,23 @@ class _AutoRun:
                 "reparameterize", "failed", _one_line(err), 0.0, time.perf_counter() - began
             )
             return None
-        old, new = result.diagnostics, other.diagnostics
-        if old is None or new is None:
-            self._record("reparameterize", "failed", "the reparameterised fit has no diagnosis")
+        new = other.diagnostics
+        if against is None or new is None:
+            self._record("reparameterize", "failed", "a fit without a diagnosis to compare")
             return None
-        noise = 2 * math.hypot(old.elbo_se, new.elbo_se)
-        gain = new.elbo - old.elbo
-        wins = gain > noise or (abs(gain) <= noise and new.khat < old.khat)
+        noise = 2 * math.hypot(against.elbo_se, new.elbo_se)
+        gain = new.elbo - against.elbo
+        wins = gain > noise or (abs(gain) <= noise and new.khat < against.khat)
         reason = (
-            f"sites {', '.join(changed)}; ELBO {new.elbo:.6g} ± {new.elbo_se:.2g} against "
-            f"{old.elbo:.6g} ± {old.elbo_se:.2g}, k-hat {new.khat_text} against "
-            f"{old.khat_text}"
+            f"sites {', '.join(sites)}; ELBO {new.elbo:.6g} ± {new.elbo_se:.2g} against "
+            f"{against.elbo:.6g} ± {against.elbo_se:.2g}, k-hat {new.khat_text} against "
+            f"{against.khat_text}"
         )
         seconds = time.perf_counter() - began
         self._record(
             "non-centred", "kept" if wins else "rejected", reason, other.grad_evals, seconds
         )
-        if not wins:
-            return None
-        other.decisions = self.decisions + [
-            replace(d, stage=f"non-centred {d.stage}") for d in other.decisions
-        ]
-        other.grad_evals = sum(d.grad_evals for d in self.decisions)
-        other.method = other.method.replace("auto -> ", "auto -> non-centred ", 1)
-        return other
+        return other if wins else None
 
     def _resample(self, result: FitResult, diagnosis: _Diagnosis) -> None:
         """Replace q's draws by their Pareto-smoothed importance resample, and say so."""

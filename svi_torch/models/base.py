@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -348,14 +348,19 @@ class Model(nn.Module):
         """
         return None
 
-    def reparameterized(self) -> Model | None:
+    def reparameterizable_sites(self) -> tuple[str, ...]:
+        """Parameters :meth:`reparameterized` can change (default: none)."""
+        return ()
+
+    def reparameterized(self, sites: Sequence[str] | None = None) -> Model | None:
         """The same posterior on a better-conditioned parameterisation, or ``None`` (none known).
 
         What the automatic method fits instead when the fit on this parameterisation is
-        doubtful (:math:`\\hat k > 0.5`). The model returned must have the same evidence
-        :math:`p(D)` (a change of variables with its Jacobian), so that ELBOs compare, and
-        report this model's quantities (e.g. as :meth:`derived` ones). The Pyro bridge
-        returns its model with the hierarchical location-scale sites non-centred.
+        doubtful. ``sites`` (default: every one of :meth:`reparameterizable_sites`) says which
+        parameters to change. The model returned must have the same evidence :math:`p(D)` (a
+        change of variables with its Jacobian), so that ELBOs compare, and report this
+        model's quantities (e.g. as :meth:`derived` ones). The Pyro bridge non-centres
+        hierarchical location-scale sites.
         """
         return None
 

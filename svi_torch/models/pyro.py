@@ -308,17 +308,24 @@ class PyroModel(Model):
         args, kwargs = self._arguments()
         return self.model_fn(*args, **kwargs)
 
-    def reparameterized(self) -> PyroModel | None:
-        """This model with its hierarchical location-scale sites non-centred, or ``None``.
-
-        See :mod:`svi_torch.models.pyro_noncentered`: the sites whose scale is another
-        latent site become ``<name>_decentered`` latents, and ``<name>`` a deterministic
-        site that :meth:`derived` reports, so draws keep the model's own names.
-        """
+    def reparameterizable_sites(self) -> tuple[str, ...]:
+        """The latent location-scale sites whose scale is another latent site (centred)."""
         args, kwargs = self._arguments()
-        names = centred_sites(self.model_fn, args, kwargs, self.data_plate)
+        return centred_sites(self.model_fn, args, kwargs, self.data_plate, self.dtype)
+
+    def reparameterized(self, sites: Sequence[str] | None = None) -> PyroModel | None:
+        """This model with hierarchical location-scale sites non-centred, or ``None``.
+
+        See :mod:`svi_torch.models.pyro_noncentered`: each of ``sites`` (default: every
+        :meth:`reparameterizable_sites`) becomes a ``<name>_decentered`` latent, and
+        ``<name>`` a deterministic site that :meth:`derived` reports, so draws keep the
+        model's own names.
+        """
+        found = self.reparameterizable_sites()
+        names = found if sites is None else tuple(s for s in sites if s in found)
         if not names:
             return None
+        args, kwargs = self._arguments()
         return PyroModel(
             noncentred(self.model_fn, names),
             *args,

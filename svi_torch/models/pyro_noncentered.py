@@ -53,25 +53,28 @@ def _base(fn: Any) -> Any:
     return fn
 
 
-def _tracking_feasible(site: Mapping[str, Any]) -> torch.Tensor:
-    return init_to_feasible(site).detach().clone().requires_grad_()
-
-
 def centred_sites(
     model_fn: Callable[..., Any],
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     data_plate: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[str, ...]:
     """Names of the latent location-scale sites whose scale depends on another latent site.
 
     Sites inside ``data_plate`` are left alone (the bridge fits global latents only), and
     so are sites already observed or deterministic. A model that cannot run at the
-    feasible point (an improper or unusual site) has none.
+    feasible point (an improper or unusual site) has none. ``dtype``: the model's (the
+    feasible values are made in it, so they meet the model's data).
     """
+    dtype = dtype or torch.get_default_dtype()
+
+    def tracking_feasible(site: Mapping[str, Any]) -> torch.Tensor:
+        return init_to_feasible(site).detach().to(dtype).requires_grad_()
+
     try:
         with torch.enable_grad(), poutine.block():
-            trace = poutine.trace(InitMessenger(_tracking_feasible)(model_fn)).get_trace(
+            trace = poutine.trace(InitMessenger(tracking_feasible)(model_fn)).get_trace(
                 *args, **kwargs
             )
     except Exception:  # noqa: BLE001 - a probe only: any failure means "nothing to change"
