@@ -457,7 +457,7 @@ def run_summary(metrics: dict[str, Any], name: str) -> str:
             _number(
                 khat,
                 ".3f",
-                f" ± {m.get('diagnostics/khat_se', math.nan):.2f} ({reading}: "
+                f"{_plus_minus(m.get('diagnostics/khat_se'))} ({reading}: "
                 f"{KHAT_MEANING.get(reading, '')})",
             )
             if khat is not None or not m.get("diagnostics/unavailable")
@@ -497,6 +497,11 @@ def _with_se(metrics: dict[str, Any], key: str, se_key: str, suffix: str = "") -
     """``metrics[key] ± metrics[se_key]`` to four decimals (``None`` when there is none)."""
     se = metrics.get(se_key) or 0.0
     return _number(metrics.get(key), ".4f", f" ± {se:.4f}{suffix}")
+
+
+def _plus_minus(value: Any) -> str:
+    """`` ± 0.12`` for a finite number, ``""`` otherwise (absent, NaN stored as null)."""
+    return f" ± {value:.2f}" if isinstance(value, int | float) and math.isfinite(value) else ""
 
 
 def hparams_of(config: Config) -> dict[str, Any]:

@@ -173,7 +173,8 @@ def test_printout_gives_the_elbo_gap_and_k_hat_with_its_reading(wide_run) -> Non
     assert f"log p(D): {m['log_evidence']:.3f} (exact)" in elbo
     (khat,) = [line for line in lines if line.startswith("PSIS k-hat: ")]
     assert khat.startswith(
-        f"PSIS k-hat: {m['diagnostics/khat']:.3f} ({m['diagnostics/khat_reading']}: "
+        f"PSIS k-hat: {m['diagnostics/khat']:.3f} ± {m['diagnostics/khat_se']:.2f} "
+        f"({m['diagnostics/khat_reading']}: "
     )
 
 

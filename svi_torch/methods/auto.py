@@ -658,6 +658,7 @@ class _AutoRun:
         index = resample_indices(smoothed, num, generator)
         result.draws = diagnosis.z[index]
         result.draws_log_q = diagnosis.log_q[index].double()
+        result.weighted_pool = (diagnosis.z, diagnosis.log_q.double(), smoothed)
         checks = quantity_checks(self.model, diagnosis.z, smoothed)
         moved = sorted(checks, key=lambda c: -c.score)[:4]
         changes = ", ".join(f"{c.name} sd x{c.ratio:.2f} mean {c.shift:+.2f} sd" for c in moved)

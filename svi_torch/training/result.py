@@ -24,6 +24,7 @@ from ..posterior.draws import (
 )
 from ..posterior.predictive import pointwise_log_likelihood, posterior_predictive
 from ..posterior.summary import SummaryTable, summary_table
+from ..reweighting import resample_indices
 
 if TYPE_CHECKING:
     from ..diagnostics import Diagnostics
@@ -95,6 +96,10 @@ class FitResult:
             Pathfinder the mixture of the paths' Gaussians), ``(R,)``, or ``None``.
         draws_source: how the fixed draws were made, in a line (``""`` without them); the
             automatic method's importance resampling of q says so here.
+        weighted_pool: for importance-resampled draws, the draws of q they were resampled
+            from with their log q and Pareto-smoothed log weights, ``((S, D), (S,), (S,))``:
+            asking for more than the :attr:`draws` held resamples that many from it
+            (seeded), rather than failing.
 
     Example:
         >>> result = st.fit(model, family)  # doctest: +SKIP
@@ -119,6 +124,7 @@ class FitResult:
     draws: Tensor | None = None
     draws_log_q: Tensor | None = None
     draws_source: str = ""
+    weighted_pool: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def decision_summary(self) -> str:
@@ -177,6 +183,12 @@ class FitResult:
             return draw_latents(self.family, num_samples, seed)
         check_num_samples(num_samples)
         held = self.draws.shape[0]
+        if num_samples > held and self.weighted_pool is not None:
+            # Importance-resampled draws: more of them come from the same weighted pool.
+            pool, pool_log_q, pool_log_w = self.weighted_pool
+            generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+            index = resample_indices(pool_log_w, num_samples, generator).to(pool.device)
+            return pool[index], pool_log_q[index]
         if num_samples > held:
             raise ValueError(
                 f"this fit holds {held} fixed draws ({self.method or 'the method'}'s "
