@@ -22,7 +22,7 @@ reference (NUTS) summaries:
   (NumPyro's NUTS) on a NumPyro model (``benchmarks/posteriordb/nuts_models/``, each
   checked against the Stan density by ``tests/test_posteriordb_nuts_models.py``), both at
   their defaults with one chain of ``NUTS_TUNE`` = 1000 warmup and ``NUTS_DRAWS`` = 1000
-  draws, seeded by ``--seed``, scored on those 1000 draws (fewer effective draws than the
+  draws (200 + 200 with ``--quick``), seeded by ``--seed``, scored on those 1000 draws (fewer effective draws than the
   VI rows' 2000 independent ones, so their scores are noisier: about :math:`1/\\sqrt{ESS}`
   sd, ESS 300-1000). nutpie runs cold: its child process finds empty PyTensor and numba
   caches (``PYTENSOR_FLAGS=base_compiledir=``, ``NUMBA_CACHE_DIR`` in the job's temporary
@@ -76,10 +76,10 @@ nutpie samples with ``cores=1``. CPU seconds are the child's own (all its thread
 **The NUTS columns** (shown when a NUTS row is in the run): ``compile s``, the compilation
 inside the fit's time (nutpie: CPU s of building the PyMC model and
 ``nutpie.compile_pymc_model`` with empty caches; NumPyro: the durations JAX reports for
-tracing, lowering and compiling, wall s on one thread, since JAX reports no CPU time per
-compilation and NumPyro compiles the warmup's and the draws' loops separately); the
-sampling time is the rest (nutpie: CPU s of ``nutpie.sample``; NumPyro: wall s less
-compile); ``divergences`` after warmup; ``CPU ÷ nutpie`` and ``CPU ÷ numpyro-nuts``, each
+tracing, lowering and compiling, in wall s, converted to CPU s at the fit's CPU-per-wall
+share, 1 on a quiet machine, since JAX reports no CPU time per compilation; NumPyro
+compiles the warmup's and the draws' loops separately); the sampling time is the rest of
+the CPU s; ``divergences`` after warmup; ``CPU ÷ nutpie`` and ``CPU ÷ numpyro-nuts``, each
 row's CPU s over that NUTS's CPU s on the same posterior. Gradient evaluations of a NUTS
 row are its leapfrog steps over warmup and draws (nutpie's ``n_steps``, NumPyro's
 ``num_steps``). The section "svi_torch `auto` against NUTS" puts per posterior the default's
@@ -262,8 +262,8 @@ class Row:
     #: NUTS rows (issue 26), NaN elsewhere and in rows written before these fields:
     #: seconds of compilation (nutpie: CPU s of building the PyMC model and
     #: ``compile_pymc_model`` with an empty cache; NumPyro: JAX's trace, lowering and
-    #: compile events, wall s on one thread); seconds of warmup and sampling without it
-    #: (nutpie: CPU s of ``nutpie.sample``; NumPyro: wall s less ``compile_s``);
+    #: compile events, wall s at the fit's CPU-per-wall share); CPU s of warmup and
+    #: sampling without it;
     #: nutpie's compile CPU s in a fresh process that finds the cold run's cache (warm);
     #: divergent transitions after warmup.
     compile_s: float = math.nan
@@ -594,7 +594,6 @@ def _score_nuts(row: Row, posterior: Posterior, draws: Mapping[str, Any], steps:
     row.fit_warnings = (
         [f"{row.divergences:.0f} divergent transitions"] if row.divergences > 0 else []
     )
-    row.ended_on = f"{NUTS_TUNE}+{NUTS_DRAWS}" if row.ended_on == "" else row.ended_on
 
 
 def fit_numpyro_nuts(posterior: Posterior, method: str, draws: int, seed: int, quick: bool) -> Row:
@@ -603,9 +602,10 @@ def fit_numpyro_nuts(posterior: Posterior, method: str, draws: int, seed: int, q
 
     ``mcmc.warmup`` then ``mcmc.run``: gradient evaluations are the ``num_steps`` of both.
     ``compile_s`` is what JAX reports as tracing, lowering and compiling (its monitoring
-    events, summed: the warmup's and the run's, since each compiles its own loop) and
-    ``sample_s`` the fit's wall s less that; both are wall seconds, which on a quiet
-    machine at one thread are its CPU s (JAX reports no CPU time per compilation).
+    events, summed: the warmup's and the run's, since each compiles its own loop), wall
+    seconds converted to CPU s at the fit's CPU-per-wall share (JAX reports no CPU time
+    per compilation; the share is 1 on a quiet machine at one thread, and the raw wall
+    figure is in the row's notes); ``sample_s`` is the fit's CPU s less that.
     """
     row = Row(posterior.name, method)
     if _nuts_unavailable(row, posterior, "numpyro"):
@@ -640,8 +640,12 @@ def fit_numpyro_nuts(posterior: Posterior, method: str, draws: int, seed: int, q
         samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
         extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields().items()}
     row.wall_s, row.cpu_s = time.perf_counter() - wall, time.process_time() - cpu
-    row.compile_s = compile_s[0]
-    row.sample_s = row.wall_s - row.compile_s
+    # JAX reports wall durations only. On one thread the fit's CPU s per wall s is the share
+    # of the time it ran (1 on a quiet machine); compilation is taken to have run at the
+    # same share, so compile + sampling add up to CPU s as nutpie's do.
+    row.notes.append(f"JAX compilation {compile_s[0]:.1f} wall s")
+    row.compile_s = min(compile_s[0] * row.cpu_s / row.wall_s, row.cpu_s)
+    row.sample_s = row.cpu_s - row.compile_s
     row.notes += sorted({str(w.message).split(";")[0][:120] for w in caught})
     row.divergences = float(extra["diverging"].sum())
     row.ended_on = f"{tune}+{kept}"
@@ -900,7 +904,7 @@ def markdown(
         lines[2] += (
             " NUTS columns: compile s, the compilation inside CPU s (nutpie: model build and "
             "compile_pymc_model with an empty cache, CPU s; NumPyro: JAX's trace, lowering and "
-            "compile, wall s on one thread); divergences after warmup; CPU ÷ nutpie and CPU ÷ "
+            "compile, wall s at the fit's CPU-per-wall share); divergences after warmup; CPU ÷ nutpie and CPU ÷ "
             "numpyro-nuts, the row's CPU s over that NUTS's on the same posterior."
         )
     found = {(r.posterior, r.method): r for r in rows if r.status == "ok"}
