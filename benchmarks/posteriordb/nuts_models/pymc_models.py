@@ -45,6 +45,13 @@ def _array(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+def _scan(step: Callable[..., pt.TensorVariable], **kwargs: Any) -> pt.TensorVariable:
+    """``pytensor.scan``'s outputs, with or without the updates it returned before 2.38
+    (which warns that it will stop returning them)."""
+    result = pytensor.scan(step, **kwargs)
+    return result[0] if isinstance(result, tuple) else result
+
+
 def _regression(spec: Regression) -> Builder:
     def build(data: Mapping[str, Any]) -> pm.Model:
         X, y = spec.design(data), spec.response(data)
@@ -144,11 +151,8 @@ def hmm_drive_0(data: Mapping[str, Any]) -> pm.Model:
         # The forward algorithm; no initial-state law (Stan's program has none). The random
         # variables enter the scan as explicit non-sequences: PyMC replaces them by their
         # values only in the outer graph.
-        gammas, _ = pytensor.scan(
-            step,
-            sequences=[emission[1:]],
-            outputs_info=[emission[0]],
-            non_sequences=[log_theta],
+        gammas = _scan(
+            step, sequences=[emission[1:]], outputs_info=[emission[0]], non_sequences=[log_theta]
         )
         pm.Potential("forward", pt.logsumexp(gammas[-1]))
     return model
@@ -185,7 +189,7 @@ def rk4_at(
         return y + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
     grid = [pt.as_tensor(np.array(starts)), pt.as_tensor(np.array(sizes))]
-    path, _ = pytensor.scan(step, sequences=grid, outputs_info=[y0], non_sequences=params)
+    path = _scan(step, sequences=grid, outputs_info=[y0], non_sequences=params)
     return path[np.flatnonzero(record)]
 
 
