@@ -166,6 +166,66 @@ def test_rows_from_before_the_worst_quantity_fields_load_and_print_n_a(tmp_path)
     assert any(x.startswith("| bam | 1/1 | 0 | 0 | 1 | 0 | 0 | 0 |") for x in summary)
 
 
+def _timed(method: str, cpu_s: float, grad_evals: float, **nuts: float) -> run.Row:
+    """A right row of posterior ``p`` with its cost (and NUTS's compile split)."""
+    row = dataclasses.replace(_scored(), posterior="p", method=method, status="ok")
+    return dataclasses.replace(row, cpu_s=cpu_s, grad_evals=grad_evals, **nuts)
+
+
+def test_nuts_rows_add_compile_divergence_and_ratio_columns_and_the_comparison():
+    """With nutpie and NumPyro NUTS rows in the run, every row gets its CPU s over each
+    NUTS's, and the comparison section puts auto's cost beside theirs with the ratios; an
+    old row (no NUTS fields) still prints; without NUTS rows the table is as before."""
+    auto = _timed("auto", 2.0, 20_000.0)
+    nutpie = _timed(
+        "nutpie",
+        8.0,
+        40_000.0,
+        compile_s=6.0,
+        sample_s=2.0,
+        warm_compile_s=3.0,
+        divergences=0.0,
+    )
+    numpyro = _timed("numpyro-nuts", 4.0, 80_000.0, compile_s=3.5, sample_s=0.5, divergences=2.0)
+    old = run.Row(**{"posterior": "p", "method": "sgd", "status": "ok", "cpu_s": 1.0})
+    text = run.markdown([auto, nutpie, numpyro, old], "run.py", 1.0, ["auto", "sgd"])
+
+    line = next(x for x in text.splitlines() if x.startswith("| auto |"))
+    assert line.endswith("| — | — | 0.25 | 0.50 |")
+    line = next(x for x in text.splitlines() if x.startswith("| numpyro-nuts |"))
+    assert line.endswith("| 3.5 | 2 | 0.50 | 1.00 |")
+    assert "flagged (1 warning)" in line or "right" in line
+    assert next(x for x in text.splitlines() if x.startswith("| sgd |")).endswith("| 0.12 | 0.25 |")
+
+    section = text.split("### svi_torch `auto` against NUTS")[1].splitlines()
+    row = next(x for x in section if x.startswith("| p |"))
+    assert "| 8.0 (6.0 + 2.0), warm 3.0 | 40000 | 0 |" in row
+    assert "| 4.0 (3.5 + 0.5) | 80000 | 2 |" in row
+    assert row.endswith("| 0.25 | 0.50 | 0.50 | 0.25 |")
+    assert next(x for x in section if x.startswith("| median |")).endswith(
+        "0.25 | 0.50 | 0.50 | 0.25 |"
+    )
+
+    plain = run.markdown([auto, old], "run.py", 1.0, ["auto", "sgd"])
+    assert "CPU ÷" not in plain and "against NUTS" not in plain
+
+
+def test_nuts_rows_say_n_a_without_their_libraries(monkeypatch):
+    """A NUTS method whose library is missing is an n/a row, not a crash."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("numpyro", "nutpie") else real(name, *a),
+    )
+    posterior = run.load_posteriors(["arK-arK"])["arK-arK"]
+    for fit in (run.fit_nutpie, run.fit_numpyro_nuts):
+        row = fit(posterior, "m", 10, 0, True)
+        assert row.status.startswith("n/a (") and "bench extra" in row.status
+
+
 def test_a_second_posterior_source_is_one_entry_with_its_own_reference_folder(
     tmp_path, monkeypatch
 ):

@@ -17,6 +17,18 @@ reference (NUTS) summaries:
   where a user would make them: Stan's uniform start in :math:`[-2, 2]` unconstrained
   (``benchmarks/posteriordb/sites.py``).
 
+* **NUTS, what a user would run instead** (issue 26; the ``bench`` extra, asked for by name
+  with ``--methods``): ``nutpie`` on a PyMC model of the posterior and ``numpyro-nuts``
+  (NumPyro's NUTS) on a NumPyro model (``benchmarks/posteriordb/nuts_models/``, each
+  checked against the Stan density by ``tests/test_posteriordb_nuts_models.py``), both at
+  their defaults with one chain of ``NUTS_TUNE`` = 1000 warmup and ``NUTS_DRAWS`` = 1000
+  draws (200 + 200 with ``--quick``), seeded by ``--seed``, scored on those 1000 draws (fewer effective draws than the
+  VI rows' 2000 independent ones, so their scores are noisier: about :math:`1/\\sqrt{ESS}`
+  sd, ESS 300-1000). nutpie runs cold: its child process finds empty PyTensor and numba
+  caches (``PYTENSOR_FLAGS=base_compiledir=``, ``NUMBA_CACHE_DIR`` in the job's temporary
+  folder), as a changed model does; the compile of a second, warm process is reported
+  beside it. A NUTS row's divergent transitions count as its warning for the verdict.
+
 Each (posterior, method) runs in a fresh process with a time limit (``--timeout``), so one
 that hangs or crashes is a row that says so, not a lost run. Per row: completed or the
 error; median and max :math:`|\\bar\\theta_q - \\bar\\theta_{ref}| / sd_{ref}` over the reference
@@ -57,6 +69,23 @@ why the quantile errors are reported and not part of the target. Pathfinder's re
 its 1000 importance-resampled draws (the row's note says so), copies among them, so its
 ESS is at most 1000 and every noise above grows as :math:`1/\\sqrt{ESS}`.
 
+**One thread per fit.** Every child process runs with OpenMP, MKL, OpenBLAS and numba at
+one thread and JAX on one CPU device with single-threaded Eigen (``ONE_THREAD_ENV``);
+nutpie samples with ``cores=1``. CPU seconds are the child's own (all its threads).
+
+**The NUTS columns** (shown when a NUTS row is in the run): ``compile s``, the compilation
+inside the fit's time (nutpie: CPU s of building the PyMC model and
+``nutpie.compile_pymc_model`` with empty caches; NumPyro: the durations JAX reports for
+tracing, lowering and compiling, in wall s, converted to CPU s at the fit's CPU-per-wall
+share, 1 on a quiet machine, since JAX reports no CPU time per compilation; NumPyro
+compiles the warmup's and the draws' loops separately); the sampling time is the rest of
+the CPU s; ``divergences`` after warmup; ``CPU ÷ nutpie`` and ``CPU ÷ numpyro-nuts``, each
+row's CPU s over that NUTS's CPU s on the same posterior. Gradient evaluations of a NUTS
+row are its leapfrog steps over warmup and draws (nutpie's ``n_steps``, NumPyro's
+``num_steps``). The section "svi_torch `auto` against NUTS" puts per posterior the default's
+CPU s and gradient evaluations beside each NUTS's (nutpie as compile + sampling and its warm
+compile), with the ratios default ÷ NUTS and their medians.
+
 The posteriors come from :func:`load_posteriors`, the one place that reads the posterior
 sets (``SOURCES``: posteriordb's fifteen; another set of :class:`Posterior` specs with its
 own reference folder is one more :class:`Source`).
@@ -67,6 +96,7 @@ Usage (repository root; ``pip install -e .[posteriordb]`` for the ODE models)::
     python benchmarks/posteriordb/run.py --quick          # a smoke test, about a minute
     python benchmarks/posteriordb/run.py --rows rows.jsonl ...  # resumable: finished fits kept
     python benchmarks/posteriordb/run.py --posteriors eight_schools-eight_schools_noncentered --methods auto pyro-amvn
+    python benchmarks/posteriordb/run.py --methods auto nutpie numpyro-nuts  # issue 26's table
 """
 
 from __future__ import annotations
@@ -96,6 +126,7 @@ REPO = HERE.parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.posteriordb import posteriors as posteriordb  # noqa: E402
@@ -117,6 +148,22 @@ SVI_METHODS = (
     "bam",
 )
 PYRO_METHODS = ("pyro-amvn", "pyro-normal", "pyro-amvn-best")
+#: The NUTS a user would run instead (issue 26): not in the default --methods, since they
+#: need the ``bench`` extra; ask for them by name.
+NUTS_METHODS = ("nutpie", "numpyro-nuts")
+#: NUTS at Stan's budget: one chain of NUTS_TUNE warmup (tuning) and NUTS_DRAWS draws.
+NUTS_TUNE, NUTS_DRAWS = 1000, 1000
+#: One thread per fit for every library in a child process: BLAS/OpenMP, numba, and JAX's
+#: CPU client (one device, Eigen single-threaded).
+ONE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false "
+    "intra_op_parallelism_threads=1",
+}
 PYRO_STEPS = 5000
 PYRO_LR = 0.01
 PYRO_LR_GRID = (1e-3, 1e-2, 1e-1)
@@ -212,6 +259,17 @@ class Row:
     fit_warnings: list[str] | None = None
     fit_reading: str = ""
     doubtful: list[str] = field(default_factory=list)
+    #: NUTS rows (issue 26), NaN elsewhere and in rows written before these fields:
+    #: seconds of compilation (nutpie: CPU s of building the PyMC model and
+    #: ``compile_pymc_model`` with an empty cache; NumPyro: JAX's trace, lowering and
+    #: compile events, wall s at the fit's CPU-per-wall share); CPU s of warmup and
+    #: sampling without it;
+    #: nutpie's compile CPU s in a fresh process that finds the cold run's cache (warm);
+    #: divergent transitions after warmup.
+    compile_s: float = math.nan
+    sample_s: float = math.nan
+    warm_compile_s: float = math.nan
+    divergences: float = math.nan
 
 
 # -- scoring ----------------------------------------------------------------------------------
@@ -501,13 +559,180 @@ def _fit_pyro_guide(
     return _pyro_fit(posterior, data, guide_name, PYRO_LR, steps, seed)
 
 
+# -- NUTS: nutpie (PyMC models) and NumPyro ---------------------------------------------------
+
+
+def _nuts_unavailable(row: Row, posterior: Posterior, framework: str) -> bool:
+    """Mark ``row`` n/a where the framework is not installed or the translation is not
+    faithful (``nuts_models.NOT_FAITHFUL``); True when it did."""
+    import importlib.util
+
+    from benchmarks.posteriordb.nuts_models import NOT_FAITHFUL
+
+    needed = {"numpyro": ("numpyro", "jax"), "pymc": ("pymc", "nutpie")}[framework]
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        row.status = f"n/a ({', '.join(missing)} not installed: the bench extra)"
+        return True
+    reason = NOT_FAITHFUL.get((posterior.name, framework))
+    if reason:
+        row.status = f"n/a ({reason})"
+        return True
+    return False
+
+
+def _score_nuts(row: Row, posterior: Posterior, draws: Mapping[str, Any], steps: float) -> None:
+    """Scores, gradient evaluations and the divergence alarm of a NUTS row.
+
+    ``draws``: the chain's draws by site name, leading draw dimension (NumPy arrays). A NUTS
+    user reads divergent transitions as the sampler's warning, so they count as one for the
+    verdict; NUTS has no k-hat or ELBO.
+    """
+    tensors = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in draws.items()}
+    score(row, posterior, tensors, sd_free_quantities(posterior))
+    row.grad_evals = float(steps)
+    row.fit_warnings = (
+        [f"{row.divergences:.0f} divergent transitions"] if row.divergences > 0 else []
+    )
+
+
+def fit_numpyro_nuts(posterior: Posterior, method: str, draws: int, seed: int, quick: bool) -> Row:
+    """NumPyro's NUTS at its defaults (diagonal mass matrix, target acceptance 0.8, tree
+    depth 10, a uniform start on (-2, 2) unconstrained), one chain, float64.
+
+    ``mcmc.warmup`` then ``mcmc.run``: gradient evaluations are the ``num_steps`` of both.
+    ``compile_s`` is what JAX reports as tracing, lowering and compiling (its monitoring
+    events, summed: the warmup's and the run's, since each compiles its own loop), wall
+    seconds converted to CPU s at the fit's CPU-per-wall share (JAX reports no CPU time
+    per compilation; the share is 1 on a quiet machine at one thread, and the raw wall
+    figure is in the row's notes); ``sample_s`` is the fit's CPU s less that.
+    """
+    row = Row(posterior.name, method)
+    if _nuts_unavailable(row, posterior, "numpyro"):
+        return row
+    import jax
+    from numpyro.infer import MCMC, NUTS
+
+    from benchmarks.posteriordb.nuts_models import numpyro_model, numpyro_models  # noqa: F401
+
+    compile_s = [0.0]
+
+    def listen(event: str, duration: float, **_: Any) -> None:
+        if event.startswith("/jax/core/compile/"):
+            compile_s[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    tune, kept = (200, 200) if quick else (NUTS_TUNE, NUTS_DRAWS)
+    data = reference_for(posterior.name).data
+    wall, cpu = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mcmc = MCMC(
+            NUTS(numpyro_model(posterior.name, data)),
+            num_warmup=tune,
+            num_samples=kept,
+            num_chains=1,
+            progress_bar=False,
+        )
+        mcmc.warmup(jax.random.PRNGKey(seed), extra_fields=("num_steps",), collect_warmup=True)
+        warmup_steps = np.asarray(mcmc.get_extra_fields()["num_steps"]).sum()
+        mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("num_steps", "diverging"))
+        samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
+        extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields().items()}
+    row.wall_s, row.cpu_s = time.perf_counter() - wall, time.process_time() - cpu
+    # JAX reports wall durations only. On one thread the fit's CPU s per wall s is the share
+    # of the time it ran (1 on a quiet machine); compilation is taken to have run at the
+    # same share, so compile + sampling add up to CPU s as nutpie's do.
+    row.notes.append(f"JAX compilation {compile_s[0]:.1f} wall s")
+    row.compile_s = min(compile_s[0] * row.cpu_s / row.wall_s, row.cpu_s)
+    row.sample_s = row.cpu_s - row.compile_s
+    row.notes += sorted({str(w.message).split(";")[0][:120] for w in caught})
+    row.divergences = float(extra["diverging"].sum())
+    row.ended_on = f"{tune}+{kept}"
+    _score_nuts(row, posterior, samples, warmup_steps + extra["num_steps"].sum())
+    return row
+
+
+def fit_nutpie(posterior: Posterior, method: str, draws: int, seed: int, quick: bool) -> Row:
+    """nutpie on the PyMC model (numba backend, its defaults), one chain, one core.
+
+    Cold: the parent points PyTensor's and numba's caches at an empty folder
+    (``PYTENSOR_FLAGS=base_compiledir=...``, which holds PyTensor's C and numba caches, and
+    ``NUMBA_CACHE_DIR``), as a changed model finds them. ``compile_s`` is the CPU s of
+    building the model and ``nutpie.compile_pymc_model``; ``sample_s`` that of
+    ``nutpie.sample`` (tuning and draws); ``warm_compile_s`` the compile CPU s of a fresh
+    process that finds this run's cache. Gradient evaluations are the ``n_steps`` of
+    tuning and draws.
+    """
+    row = Row(posterior.name, method)
+    if _nuts_unavailable(row, posterior, "pymc"):
+        return row
+    import nutpie
+
+    # Imported before the clock starts: compile_s is the model's build and compilation, not
+    # PyMC's import (neither is torch's in the svi_torch rows).
+    from benchmarks.posteriordb.nuts_models import pymc_model, pymc_models  # noqa: F401
+
+    tune, kept = (200, 200) if quick else (NUTS_TUNE, NUTS_DRAWS)
+    data = reference_for(posterior.name).data
+    wall, cpu = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = nutpie.compile_pymc_model(pymc_model(posterior.name, data))
+        row.compile_s = time.process_time() - cpu
+        trace = nutpie.sample(
+            compiled,
+            draws=kept,
+            tune=tune,
+            chains=1,
+            cores=1,
+            seed=seed,
+            progress_bar=False,
+            save_warmup=True,
+        )
+    row.wall_s, row.cpu_s = time.perf_counter() - wall, time.process_time() - cpu
+    row.sample_s = row.cpu_s - row.compile_s
+    row.notes += sorted({str(w.message).split(";")[0][:120] for w in caught})
+    steps = float(trace.warmup_sample_stats["n_steps"].sum() + trace.sample_stats["n_steps"].sum())
+    row.divergences = float(trace.sample_stats["diverging"].sum())
+    row.ended_on = f"{tune}+{kept}"
+    samples = {k: np.asarray(v)[0] for k, v in trace.posterior.data_vars.items()}
+    _score_nuts(row, posterior, samples, steps)
+    row.warm_compile_s = _nutpie_warm_compile(posterior.name)
+    return row
+
+
+def _nutpie_warm_compile(name: str) -> float:
+    """Compile CPU s of ``name``'s PyMC model in a fresh process with this process's
+    (now filled) caches: nutpie's "warm" start, a second run of an unchanged model."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--compile-only", name]
+    proc = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return math.nan
+
+
+def _compile_only(name: str) -> int:
+    """``--compile-only NAME``: build and compile the PyMC model, print the CPU s."""
+    import nutpie
+
+    from benchmarks.posteriordb.nuts_models import pymc_model, pymc_models  # noqa: F401
+
+    cpu = time.process_time()
+    nutpie.compile_pymc_model(pymc_model(name, reference_for(name).data))
+    print(time.process_time() - cpu)
+    return 0
+
+
 # -- one job, in its own process ------------------------------------------------------------------
 
 
 def run_job(name: str, method: str, draws: int, seed: int, quick: bool) -> Row:
     torch.set_num_threads(1)
     posterior = load_posteriors([name])[name]
-    fit = fit_pyro if method.startswith("pyro-") else fit_svi_torch
+    fits = {"nutpie": fit_nutpie, "numpyro-nuts": fit_numpyro_nuts}
+    fit = fits.get(method, fit_pyro if method.startswith("pyro-") else fit_svi_torch)
     try:
         return fit(posterior, method, draws, seed, quick)
     except Exception as err:  # a row that says what went wrong, not a lost run
@@ -538,7 +763,11 @@ def run_isolated(
         ]
         command += ["--draws", str(args.draws), "--seed", str(args.seed)]
         command += ["--quick"] if args.quick else []
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **ONE_THREAD_ENV}
+        if method == "nutpie":
+            # Cold: PyTensor's C and numba caches and numba's own in this job's empty folder.
+            env["PYTENSOR_FLAGS"] = f"base_compiledir={Path(tmp) / 'pytensor'}"
+            env["NUMBA_CACHE_DIR"] = str(Path(tmp) / "numba")
         began = time.perf_counter()
         try:
             proc = subprocess.run(
@@ -643,8 +872,8 @@ def markdown(
     )
     lines = [
         f"Generated by `{command}` {timing}; torch {torch.__version__}, "
-        f"pyro {pyro.__version__}, Python {platform.python_version()}, one thread per fit, "
-        "each fit in its own process.",
+        f"pyro {pyro.__version__}{_nuts_versions(rows)}, Python {platform.python_version()}, "
+        "one thread per fit, each fit in its own process.",
         "",
         "Columns: mean error |E_q θ - E_ref θ| / sd_ref (median and max over the reference "
         "quantities, the max naming its quantity); sd_q / sd_ref (min and max naming their "
@@ -662,16 +891,36 @@ def markdown(
         "",
     ]
     posteriors = list(dict.fromkeys(r.posterior for r in rows))
+    nuts = [m for m in NUTS_METHODS if any(r.method == m and r.status == "ok" for r in rows)]
     header = (
         "| method | status | ended on | err med | err max | sd min | sd med | sd max | "
         "q05 err | q95 err | max Δcorr | k-hat | ELBO | wall s | CPU s | grad evals | "
         "targets | verdict |"
     )
+    if nuts:
+        # Issue 26's columns, only where a NUTS row is in the run: compilation, divergences
+        # and each row's CPU s over each NUTS's on the same posterior.
+        header += " compile s | divergences | " + " | ".join(f"CPU ÷ {m}" for m in nuts) + " |"
+        lines[2] += (
+            " NUTS columns: compile s, the compilation inside CPU s (nutpie: model build and "
+            "compile_pymc_model with an empty cache, CPU s; NumPyro: JAX's trace, lowering and "
+            "compile, wall s at the fit's CPU-per-wall share); divergences after warmup; CPU ÷ nutpie and CPU ÷ "
+            "numpyro-nuts, the row's CPU s over that NUTS's on the same posterior."
+        )
+    found = {(r.posterior, r.method): r for r in rows if r.status == "ok"}
     for name in posteriors:
-        lines += [f"### {name}", "", header, "|" + "---|" * 18]
+        lines += [f"### {name}", "", header, "|" + "---|" * (18 + (2 + len(nuts) if nuts else 0))]
         for row in rows:
             if row.posterior != name:
                 continue
+            extra = ""
+            if nuts:
+                ratios = [_ratio(row.cpu_s, found.get((name, m))) for m in nuts]
+                extra = (
+                    f" {_fmt(row.compile_s, 1)} | {_fmt(row.divergences, 0)} | "
+                    + " | ".join(ratios)
+                    + " |"
+                )
             lines.append(
                 f"| {row.method} | {row.status} | {row.ended_on} | {_fmt(row.mean_err_med)} "
                 f"| {_at(row.mean_err_max, row.mean_err_at, row)} "
@@ -681,12 +930,93 @@ def markdown(
                 f"| {_at(row.q95_err_max, row.q95_err_at, row)} "
                 f"| {_fmt(row.corr_err_max)} | {_fmt(row.khat)} "
                 f"| {_fmt(row.elbo, 1)} | {_fmt(row.wall_s, 1)} | {_fmt(row.cpu_s, 1)} "
-                f"| {_fmt(row.grad_evals, 0)} | {_meets_targets(row)} | {verdict(row)} |"
+                f"| {_fmt(row.grad_evals, 0)} | {_meets_targets(row)} | {verdict(row)} |" + extra
             )
         lines.append("")
     lines += summary(rows, posteriors, methods)
     lines += evaluations_against_sgd(rows, posteriors)
+    lines += against_nuts(rows, posteriors)
     return "\n".join(lines)
+
+
+def _nuts_versions(rows: list[Row]) -> str:
+    """ ", numpyro 0.22.0, jax ..." for the NUTS libraries of the run's NUTS rows (as this
+    process finds them installed: the children ran with the same interpreter)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wanted = {"numpyro-nuts": ("numpyro", "jax"), "nutpie": ("nutpie", "pymc")}
+    packages = [p for r in rows if r.status == "ok" for p in wanted.get(r.method, ())]
+    found = []
+    for package in dict.fromkeys(packages):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return "".join(f", {f}" for f in found)
+
+
+def _ratio(cpu_s: float, nuts: Row | None) -> str:
+    """``cpu_s`` over a NUTS row's CPU s, "—" without one."""
+    if nuts is None or not (nuts.cpu_s > 0) or not math.isfinite(cpu_s):
+        return "—"
+    return f"{cpu_s / nuts.cpu_s:.2f}"
+
+
+def against_nuts(rows: list[Row], posteriors: list[str], default: str = "auto") -> list[str]:
+    """Issue 26's comparison: per posterior, the svi_torch default's CPU s and gradient
+    evaluations beside nutpie's (cold) and NumPyro NUTS's, and the ratios default ÷ NUTS;
+    the median ratio over the posteriors with all three rows last. Empty without a
+    ``default`` row and at least one NUTS row in ``rows``."""
+    found = {(r.posterior, r.method): r for r in rows if r.status == "ok"}
+    nuts = [m for m in NUTS_METHODS if any(k[1] == m for k in found)]
+    if not nuts or not any(k[1] == default for k in found):
+        return []
+    lines = [
+        f"### svi_torch `{default}` against NUTS",
+        "",
+        "CPU s of each fit in its own process, one thread. nutpie: cold (empty compile "
+        "cache), as (compile + sampling), warm = compile CPU s with the cache filled; "
+        "NumPyro: (compile + sampling). Grad evals: the default's in full-data units, "
+        "NUTS's leapfrog steps of warmup and draws. Ratios: the default's over NUTS's "
+        "(< 1: the default is cheaper).",
+        "",
+    ]
+    head = f"| posterior | {default} CPU s | {default} grad evals | {default} verdict |"
+    for m in nuts:
+        head += f" {m} CPU s | {m} grad evals | {m} div | {m} verdict |"
+    head += "".join(f" CPU ÷ {m} | evals ÷ {m} |" for m in nuts)
+    lines += [head, "|" + "---|" * (4 + 6 * len(nuts))]
+    cpu_ratios: dict[str, list[float]] = {m: [] for m in nuts}
+    eval_ratios: dict[str, list[float]] = {m: [] for m in nuts}
+    for name in posteriors:
+        mine = found.get((name, default))
+        if mine is None:
+            continue
+        cells = [name, _fmt(mine.cpu_s, 1), _fmt(mine.grad_evals, 0), verdict(mine)]
+        ratio_cells = []
+        for m in nuts:
+            row = found.get((name, m))
+            if row is None:
+                cells += ["—"] * 4
+                ratio_cells += ["—", "—"]
+                continue
+            split = f"{_fmt(row.cpu_s, 1)} ({_fmt(row.compile_s, 1)} + {_fmt(row.sample_s, 1)})"
+            if math.isfinite(row.warm_compile_s):
+                split += f", warm {_fmt(row.warm_compile_s, 1)}"
+            cells += [split, _fmt(row.grad_evals, 0), _fmt(row.divergences, 0), verdict(row)]
+            cpu, evals = mine.cpu_s / row.cpu_s, mine.grad_evals / row.grad_evals
+            cpu_ratios[m].append(cpu)
+            eval_ratios[m].append(evals)
+            ratio_cells += [f"{cpu:.2f}", f"{evals:.2f}"]
+        lines.append("| " + " | ".join(cells + ratio_cells) + " |")
+    medians = [
+        f"{statistics.median(v):.2f}" if v else "—"
+        for m in nuts
+        for v in (cpu_ratios[m], eval_ratios[m])
+    ]
+    lines.append("| median | | | |" + " | | | |" * len(nuts) + " " + " | ".join(medians) + " |")
+    lines.append("")
+    return lines
 
 
 def summary(rows: list[Row], posteriors: list[str], methods: list[str]) -> list[str]:
@@ -810,7 +1140,10 @@ def main(argv: list[str] | None = None) -> int:
         "--posteriors", nargs="*", default=None, help="posteriordb names (default: all)"
     )
     parser.add_argument(
-        "--methods", nargs="*", default=None, help=f"of {SVI_METHODS + PYRO_METHODS}"
+        "--methods",
+        nargs="*",
+        default=None,
+        help=f"of {SVI_METHODS + PYRO_METHODS + NUTS_METHODS} (default: all but NUTS's)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="fits run side by side")
     parser.add_argument("--draws", type=int, default=None, help="draws of q for the scores")
@@ -827,7 +1160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--worker", nargs=3, metavar=("POSTERIOR", "METHOD", "OUT"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--compile-only", metavar="POSTERIOR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compile_only:
+        return _compile_only(args.compile_only)
     if args.draws is None:
         args.draws = 400 if args.quick else 2000
     if args.worker:
@@ -844,10 +1180,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     methods = args.methods or list(QUICK_METHODS if args.quick else SVI_METHODS + PYRO_METHODS)
-    bad = [m for m in methods if m not in SVI_METHODS + PYRO_METHODS]
+    known = SVI_METHODS + PYRO_METHODS + NUTS_METHODS
+    bad = [m for m in methods if m not in known]
     if bad:
         print(
-            f"error: unknown method(s) {bad}; choose from {SVI_METHODS + PYRO_METHODS}",
+            f"error: unknown method(s) {bad}; choose from {known}",
             file=sys.stderr,
         )
         return 2
