@@ -138,7 +138,7 @@ def test_end_of_run_numbers_sit_in_hparams_and_text_not_one_point_charts(
     (text,) = events.Tensors("summary/text_summary")
     summary = text.tensor_proto.string_val[0].decode()
     assert run_dir.name in summary
-    assert f"| PSIS k-hat | {metrics['diagnostics/khat']:.3f} (" in summary
+    assert f"| PSIS k-hat | {metrics['diagnostics/khat']:.3f} ± " in summary
     assert f"{metrics['elbo']:.4f} ± {metrics['elbo_se']:.4f}" in summary
 
 
