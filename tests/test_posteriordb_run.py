@@ -93,11 +93,13 @@ def _scored(**fields) -> run.Row:
         ({"mean_err_max": math.nan}, "WRONG (silent)"),  # a NaN score is not right
         ({"sd_ratio_min": 0.5, "fit_reading": "bad"}, "flagged (k-hat bad)"),
         ({"sd_ratio_min": 0.5, "fit_warnings": ["x", "y"]}, "flagged (2 warnings)"),
-        ({"sd_ratio_min": 0.5, "doubtful": ["tau"]}, "flagged (doubts tau)"),
+        # Doubts listed on the result without a warning are not a flag: still a wrong answer.
+        ({"sd_ratio_min": 0.5, "doubtful": ["tau"]}, "WRONG (no warning; doubted tau)"),
         (
-            {"mean_err_max": 1.0, "fit_warnings": ["x"], "doubtful": list("abcde")},
-            "flagged (1 warning; doubts a, b, c +2)",
+            {"mean_err_max": 1.0, "fit_reading": "ok", "doubtful": list("abcde")},
+            "WRONG (no warning; doubted a, b, c +2)",
         ),
+        ({"mean_err_max": 1.0, "fit_warnings": ["x"], "doubtful": ["a"]}, "flagged (1 warning)"),
         ({"fit_warnings": None, "mean_err_max": 3.0}, "n/a"),  # a row from before the fields
         ({"status": "timeout after 60 s"}, "n/a"),
     ],

@@ -46,12 +46,13 @@ particle); and for svi_torch the method the fit ended on (``result.method``).
 scale too narrow is a wrong answer even when every other quantity is right. The target is
 every reference quantity within ``MEAN_TOL`` = 0.2 reference sds in mean and within
 ``SD_RATIO_RANGE`` = [0.8, 1.25] in sd ratio. A fit that meets it is **right**. One that
-misses it is **flagged** when the fit itself said so: a ``RuntimeWarning`` (or Pathfinder's
-warning) raised during the fit, captured in the child process, its own k-hat read "bad"
-(``result.diagnostics.reading``), or quantities it doubts
-(``result.diagnostics.doubtful``); it is **WRONG (silent)** when it said nothing. A Pyro
-fit never reads its own k-hat, so only a warning flags it. The k-hat column is the
-runner's own reading from the scored draws, not what the fit told its user.
+misses it is **flagged** when the fit itself warned: a ``RuntimeWarning`` (or Pathfinder's
+warning) raised during the fit, captured in the child process, or its own k-hat read "bad"
+(``result.diagnostics.reading``). Otherwise it is **WRONG**: "(no warning; doubted ...)"
+when the result listed the quantities it doubts (``result.diagnostics.doubtful``) but
+raised nothing, "(silent)" when it said nothing at all. A Pyro fit never reads its own
+k-hat, so only a warning flags it. The k-hat column is the fit's own diagnosis
+(``result.diagnose()``, the value its summary, printout and export state).
 
 **Monte Carlo error, and what the target tolerates.** The scores are computed from
 ``--draws`` independent draws of q (2000 by default; the issue's figures used 4000), so a
@@ -846,16 +847,21 @@ def verdict(row: Row) -> str:
         return "n/a"
     if right_on_every_quantity(row):
         return "right"
+    # Flagged means warned: a warning or a k-hat read "bad". A list of doubtful quantities
+    # on the result, without a warning, is a remark the user may never read, so a miss with
+    # only that is still a silent one (issue 25: "flagged with a warning").
     said = []
     if row.fit_warnings:
         said.append(f"{len(row.fit_warnings)} warning" + "s" * (len(row.fit_warnings) > 1))
     if row.fit_reading == "bad":
         said.append("k-hat bad")
+    if said:
+        return f"flagged ({'; '.join(said)})"
     if row.doubtful:
         shown = ", ".join(row.doubtful[:3])
         more = f" +{len(row.doubtful) - 3}" if len(row.doubtful) > 3 else ""
-        said.append(f"doubts {shown}{more}")
-    return f"flagged ({'; '.join(said)})" if said else "WRONG (silent)"
+        return f"WRONG (no warning; doubted {shown}{more})"
+    return "WRONG (silent)"
 
 
 def markdown(
@@ -885,8 +891,9 @@ def markdown(
         "on (svi_torch: `result.method`; Pyro: the learning rate); issue 12's targets "
         "(medians); the verdict against issue 25's target, every quantity within "
         f"{MEAN_TOL} sd in mean and within [{SD_RATIO_RANGE[0]}, {SD_RATIO_RANGE[1]}] in sd "
-        "ratio: right, flagged (missed, and the fit said so: a warning, its own k-hat read "
-        "bad, or quantities it doubts) or WRONG (silent) (missed without a word). n/a: a "
+        "ratio: right, flagged (missed, and the fit warned or read its own k-hat as bad) or "
+        "WRONG (missed without a warning; 'doubted' when the result named the quantity among "
+        "those it doubts). n/a: a "
         "row recorded before these scores.",
         "",
     ]
@@ -1031,7 +1038,7 @@ def summary(rows: list[Row], posteriors: list[str], methods: list[str]) -> list[
         "### Summary",
         "",
         "| method | completed | targets met | flagged by k-hat > 0.7 | right on every quantity "
-        "| flagged | WRONG (silent) | verdict n/a | total wall s | total grad evals |",
+        "| flagged | WRONG (no warning) | verdict n/a | total wall s | total grad evals |",
         "|" + "---|" * 10,
     ]
     for method in methods:
