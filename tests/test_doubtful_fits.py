@@ -103,33 +103,27 @@ def test_the_khat_standard_error_matches_its_spread_over_draw_sets() -> None:
     assert KHat(-math.inf, "good", 10).se == 0.0 and KHat(math.inf, "bad", 10).se == math.inf
 
 
-def _schools_pyro(centred: bool):
+def _noncentred_schools(y, sigma):
     import pyro
     import pyro.distributions as dist
 
-    def centred_schools(y, sigma):
-        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-        with pyro.plate("schools", len(y)):
-            theta = pyro.sample("theta", dist.Normal(mu, tau))
-            pyro.sample("obs", dist.Normal(theta, sigma), obs=y)
-
-    def noncentred_schools(y, sigma):
-        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-        with pyro.plate("schools", len(y)):
-            eta = pyro.sample("eta", dist.Normal(0.0, 1.0))
-            pyro.deterministic("theta", mu + tau * eta)
-            pyro.sample("obs", dist.Normal(mu + tau * eta, sigma), obs=y)
-
-    return centred_schools if centred else noncentred_schools
+    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+    with pyro.plate("schools", len(y)):
+        eta = pyro.sample("eta", dist.Normal(0.0, 1.0))
+        pyro.deterministic("theta", mu + tau * eta)
+        pyro.sample("obs", dist.Normal(mu + tau * eta, sigma), obs=y)
 
 
 def _schools_model(centred: bool):
     from svi_torch.models import PyroModel
 
+    if centred:
+        from pyro_flat_models import schools_model
+
+        return schools_model()  # the centred eight schools as a Pyro user writes it
     y, sigma = torch.tensor(SCHOOLS_Y), torch.tensor(SCHOOLS_SIGMA)
-    return PyroModel(_schools_pyro(centred), y, sigma)
+    return PyroModel(_noncentred_schools, y, sigma)
 
 
 def _assert_schools_right(result) -> None:
