@@ -198,3 +198,23 @@ def test_a_bad_khat_warns_naming_the_doubtful_quantities_with_advice_for_the_fam
     assert result.diagnostics.khat > 0.7 and result.diagnostics.doubtful
     assert result.diagnostics.doubtful[0] in message and "NormalizingFlow" in message
     assert result.draws is None  # weights with k-hat > 0.7 correct nothing reliably
+
+
+@pytest.mark.parametrize(("ess", "warned"), [(300.0, True), (800.0, False)])
+def test_resampled_draws_resting_on_a_small_ess_warn(ess: float, warned: bool) -> None:
+    """Doubtful quantities corrected by importance resampling with an ESS under 500 (of 4000)
+    raise a warning naming them; with a larger ESS the corrected draws stand without one."""
+    from svi_torch.diagnostics import Diagnostics
+    from svi_torch.methods.auto import MIN_RESAMPLED_ESS, Auto, _AutoRun
+
+    assert 300 < MIN_RESAMPLED_ESS <= 800
+    diag = Diagnostics(0.62, "ok", -1.0, 0.1, -1.2, 0.01, 4000, 0.12, ess, ("sigma_b",))
+    model = _Vector(2)
+    run = _AutoRun(Auto(), model, FullRankGaussian(2), None, None, (), ())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run._warn(diag, run.family, resampled=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert bool(messages) is warned
+    if warned:
+        assert "sigma_b" in messages[0] and "effective sample size of only 300" in messages[0]
