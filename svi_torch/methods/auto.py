@@ -42,13 +42,14 @@
    the result; if none does, the q with the highest ELBO seen (a stage's start or result)
    is. Every failure is recorded with its reason.
 4. **After the fit** (:meth:`_AutoRun.finish`): the fit's one diagnosis — PSIS
-   :math:`\\hat k` with its Monte Carlo error and reading, and above 0.5 the doubtful
-   quantities — then: for :math:`\\hat k > 0.5`, the model's reparameterised form
-   (hierarchical location-scale sites non-centred) fitted by the same chain and kept when
-   its ELBO wins; for :math:`0.5 < \\hat k \\le 0.7` on what is kept, q's draws
-   importance-resampled with their Pareto-smoothed weights (``result.draws``); for
-   :math:`\\hat k > 0.7`, a ``RuntimeWarning`` naming the doubtful quantities. A stage that
-   ends at most :data:`SMALL_FALL` nats below its start's ELBO keeps its start.
+   :math:`\\hat k` with its Monte Carlo error and reading, and the doubtful quantities —
+   then, where q is doubtful (:math:`\\hat k > 0.5` or a doubtful quantity): the model's
+   reparameterised form (hierarchical location-scale sites non-centred) fitted by the same
+   chain and kept when its ELBO wins; with :math:`\\hat k \\le 0.7` on what is kept, q's
+   draws importance-resampled with their Pareto-smoothed weights (``result.draws``). A
+   ``RuntimeWarning`` names the doubtful quantities for :math:`\\hat k > 0.7`, or for
+   resampled draws resting on an ESS below :data:`MIN_RESAMPLED_ESS`. A stage that ends at
+   most :data:`SMALL_FALL` nats below its start's ELBO keeps its start.
 
 The stop rule (``convergence``) is on unless the caller set it. Gradient evaluations are
 counted in full-data units (a minibatch gradient at one point is :math:`B/N`, a Hessian
@@ -143,7 +144,8 @@ class Auto(Method):
         diagnostic_draws: draws for the final PSIS k-hat and the ELBO comparisons
             (default: 4000, fewer for large data, at least 200).
         warn: warn when k-hat is above 0.7.
-        reparameterize: when the fit's k-hat is above 0.5, also fit the model's
+        reparameterize: when the fit is doubtful (k-hat above 0.5 or a doubtful quantity),
+            also fit the model's
             :meth:`~svi_torch.models.Model.reparameterized` form where it has one (the Pyro
             bridge non-centres hierarchical location-scale sites) and keep the better.
     """
@@ -538,8 +540,9 @@ class _AutoRun:
         """The final PSIS k-hat ± its error, and what follows from it.
 
         * :math:`\\hat k \\le 0.5` and no doubtful quantity: q is kept as it is.
-        * :math:`\\hat k > 0.5`, or a doubtful quantity, and the model has a reparameterised form (hierarchical
-          location-scale sites non-centred): that form is fitted too, by this method, and
+        * :math:`\\hat k > 0.5`, or a doubtful quantity, and the model has a
+          reparameterised form (hierarchical location-scale sites non-centred): that form
+          is fitted too, by this method, and
           kept when its ELBO is higher beyond the noise, or equal within it with a lower
           :math:`\\hat k` (:meth:`_reparameterized_fit`; both ELBOs bound the same
           :math:`\\log p(D)`).
@@ -547,7 +550,8 @@ class _AutoRun:
           is kept: q's draws are importance-resampled
           with their Pareto-smoothed weights (:meth:`_resample`).
         * :math:`\\hat k > 0.7` on what is kept: the weights cannot be trusted to correct q:
-          a ``RuntimeWarning`` naming the doubtful quantities, with advice for the family.
+          a ``RuntimeWarning`` naming the doubtful quantities, with advice for the family;
+          resampled draws resting on an ESS below :data:`MIN_RESAMPLED_ESS` warn too.
         """
         try:
             diagnosis = self._diagnosis()
