@@ -430,18 +430,22 @@ def khat_warning(diagnostics: Diagnostics, family: VariationalFamily) -> str:
     )
 
 
-def diagnose_draws(model: Model, z: Tensor, log_weights: Tensor) -> Diagnostics:
+def diagnose_draws(
+    model: Model, z: Tensor, log_weights: Tensor, quantities: bool = True
+) -> Diagnostics:
     """:class:`Diagnostics` of draws :math:`z_s \\sim q` and their raw log weights.
 
-    The constrained quantities are compared with their importance-weighted estimates
-    (Pareto-smoothed weights) to name the doubtful ones.
+    With ``quantities`` (default) the constrained quantities are compared with their
+    importance-weighted estimates (Pareto-smoothed weights) to name the doubtful ones;
+    without, ``doubtful`` is left empty (a caller that needs only the ELBO skips the pass
+    through the model's constraints and derived quantities).
     """
     num_samples = log_weights.shape[0]
     smoothed, khat = psis_smooth(log_weights)
     value, stderr = log_evidence_iw(log_weights)
     # Checked whatever k-hat reads: a Gaussian on a skewed scale (a hierarchical sd with
     # little data) can read k-hat < 0.5 with that sd at 0.6 of the posterior's.
-    doubtful = doubtful_quantities(quantity_checks(model, z, smoothed))
+    doubtful = doubtful_quantities(quantity_checks(model, z, smoothed)) if quantities else ()
     return Diagnostics(
         khat=khat.value,
         reading=khat.reading,

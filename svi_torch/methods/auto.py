@@ -93,7 +93,7 @@ from ..families.gaussian import (
 from ..models.base import Model
 from ..objectives.base import Objective
 from ..objectives.elbo import ELBO
-from ..reweighting import quantity_checks, resample_indices
+from ..reweighting import doubtful_quantities, quantity_checks, resample_indices
 from ..training.checkpoint import load_checkpoint
 from ..training.convergence import ConvergenceMonitor
 from ..training.divergence import DivergenceCheck
@@ -513,25 +513,33 @@ class _AutoRun:
         cost = max(self.model.num_data, 1) * max(self.model.dim, 1)
         return int(min(DIAGNOSTIC_DRAWS, max(200, 8e8 // cost)))
 
-    def _diagnosis(self) -> _Diagnosis:
-        """The family as it is, diagnosed on full data; reused while the family is unchanged."""
+    def _diagnosis(self, quantities: bool = True) -> _Diagnosis:
+        """The family as it is, diagnosed on full data; reused while the family is unchanged.
+
+        ``quantities=False`` (a stage's ELBO comparisons) skips the doubtful quantities; a
+        later call with them adds them to the same draws rather than drawing again.
+        """
         state = [t.detach().clone() for t in self.family.state_dict().values()]
         if self._diagnosed is not None:
             before, diagnosis = self._diagnosed
             if len(before) == len(state) and all(map(torch.equal, before, state)):
+                if quantities and not diagnosis.with_quantities:
+                    diagnosis = diagnosis.completed(self.model)
+                    self._diagnosed = (before, diagnosis)
                 return diagnosis
         with torch.random.fork_rng(devices=[], enabled=self.settings.seed is not None):
             if self.settings.seed is not None:
                 torch.manual_seed(self.settings.seed)
             z, log_q, log_w = importance_draws(self.model, self.family, self._draws())
-        diagnosis = _Diagnosis(diagnose_draws(self.model, z, log_w), z, log_q, log_w)
+        diagnostics = diagnose_draws(self.model, z, log_w, quantities)
+        diagnosis = _Diagnosis(diagnostics, z, log_q, log_w, quantities)
         self._diagnosed = (state, diagnosis)
         return diagnosis
 
     def _elbo(self) -> tuple[float, float] | None:
         """Full-data ELBO of the family as it is, with its s.e. (None if not finite)."""
         try:
-            diagnostics = self._diagnosis().diagnostics
+            diagnostics = self._diagnosis(quantities=False).diagnostics
         except ValueError:
             return None
         return diagnostics.elbo, diagnostics.elbo_se
@@ -734,6 +742,14 @@ class _Diagnosis:
     z: Tensor
     log_q: Tensor
     log_w: Tensor
+    with_quantities: bool = True
+
+    def completed(self, model: Model) -> _Diagnosis:
+        """The same diagnosis with the doubtful quantities of its draws filled in."""
+        smoothed, _ = psis_smooth(self.log_w)
+        doubtful = doubtful_quantities(quantity_checks(model, self.z, smoothed))
+        diagnostics = replace(self.diagnostics, doubtful=doubtful)
+        return replace(self, diagnostics=diagnostics, with_quantities=True)
 
 
 class _StageFailure(RuntimeError):
